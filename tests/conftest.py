@@ -1,0 +1,41 @@
+"""Shared fixtures: a synthetic dataset and a lite model trained on it once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: tests never go online
+
+import pytest
+import torch
+
+from ulsad import ULSAD
+from ulsad.data import make_synthetic_dataset
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, "synthetic", n_train=30, n_test_good=8, n_test_defect=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    """A lite model trained for a few epochs on the synthetic dataset, saved to a folder."""
+    out = tmp_path_factory.mktemp("checkpoint")
+    torch.manual_seed(0)
+    # Short schedule for tests: a higher learning rate than the paper's 2e-4 and small batches.
+    model = ULSAD.from_preset("lite", epochs=10, lr_milestones=(10,), lr=1e-3, batch_size=4)
+    model.fit(synthetic_root, category="synthetic", out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip("../shared/data is absent (fresh clone): real-data tests skipped")
+    return REAL_DATA

@@ -1,0 +1,190 @@
+"""The network against the paper's description: shapes, parameter counts, losses and maps
+recomputed directly from the formulas in ULSAD.md."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from ulsad import ULSAD, ULSADError, preset_config
+from ulsad.backbones import channel_pool_matrix, create_backbone
+
+
+@pytest.fixture(scope="module")
+def paper() -> ULSAD:
+    return ULSAD.from_preset("paper", pretrained_backbone=False).eval()
+
+
+@pytest.fixture(scope="module")
+def lite() -> ULSAD:
+    torch.manual_seed(0)
+    model = ULSAD.from_preset("lite").eval()
+    model.map_quantiles.copy_(torch.tensor([[0.5, 2.0], [0.3, 1.5]]))  # exercise normalisation
+    return model
+
+
+def count(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def test_paper_preset_shapes_and_sizes(paper):
+    images = torch.rand(2, 3, 256, 256)
+    normalized = paper.extractor.normalize(images)
+    with torch.no_grad():
+        features = paper.features(normalized)
+        reconstruction, global_features = paper.branches(features, normalized)
+        out = paper(images)
+    assert features.shape == (2, 384, 32, 32)
+    assert reconstruction.shape == (2, 768, 32, 32)
+    assert global_features.shape == (2, 384, 32, 32)
+    assert out.score.shape == (2,)
+    for m in out[1:]:
+        assert m.shape == (2, 256, 256)
+    # Parameter counts documented in ULSAD.md (reference architecture).
+    assert count(paper.featae) == pytest.approx(65.49, abs=0.01)
+    assert count(paper.global_ae) == pytest.approx(1.03, abs=0.01)
+    assert count(paper.extractor) == pytest.approx(24.86, abs=0.01)
+    assert torch.allclose(out.score, out.anomaly_map.amax(dim=(1, 2)))
+
+
+def test_channel_pool_matches_adaptive_avg_pool():
+    x = torch.randn(2, 152, 5, 5)
+    for out_channels in (384, 96, 152, 7):
+        if out_channels > 152:
+            x = torch.randn(2, 1536, 5, 5)
+        weight = channel_pool_matrix(x.shape[1], out_channels)
+        expected = F.adaptive_avg_pool1d(x.flatten(2).transpose(1, 2), out_channels)
+        expected = expected.transpose(1, 2).reshape(2, out_channels, 5, 5)
+        assert torch.allclose(torch.einsum("oc,bchw->bohw", weight, x), expected, atol=1e-5)
+
+
+def test_lite_backbone_loads_offline_imagenet_weights_and_is_truncated():
+    import timm
+
+    pretrained = create_backbone("tf_efficientnet_lite0", (2, 3), pretrained=True)
+    random = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3))
+    assert len(pretrained.blocks) == 5  # blocks 5 and 6 are never used
+    stem = pretrained.conv_stem.weight
+    assert not torch.allclose(stem, random.conv_stem.weight)
+    assert pretrained.bn1.running_var.std() > 0  # real BatchNorm statistics were loaded
+    assert not pretrained.training and not any(p.requires_grad for p in pretrained.parameters())
+    # Truncation does not change the outputs: compare with the full feature model.
+    random.load_state_dict(pretrained.state_dict(), strict=False)
+    random.eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        for a, b in zip(pretrained(x), random(x), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def distance(a, b, weight):
+    """d(a, b) written out: mean over channels of squared error + weight * (1 - cosine)."""
+    mse = ((a - b) ** 2).sum(1) / a.shape[1]
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+    return mse + weight * (1 - cos)
+
+
+def attention_explicit(q, f):
+    b, c, h, w = f.shape
+    q, f = q.reshape(b, c, -1).transpose(1, 2), f.reshape(b, c, -1).transpose(1, 2)
+    weights = torch.softmax(q @ f.transpose(1, 2) / math.sqrt(c), dim=-1)
+    return (weights @ f).transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_losses_match_formulas(lite):
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 256, 256)
+    normalized = lite.extractor.normalize(images)
+    features = lite.features(normalized)
+    with torch.no_grad():
+        losses = lite.losses(features, normalized)
+        rec, glob = lite.branches(features, normalized)
+    c = lite.config.channels
+    local = distance(features, rec[:, :c], 0.5).mean()
+    att = distance(
+        attention_explicit(features, features), attention_explicit(glob, features), 0.5
+    ).mean()
+    global_local = distance(glob, rec[:, c:], 0.5).mean()
+    assert losses.local == pytest.approx(local.item(), rel=1e-5)
+    assert losses.attention == pytest.approx(att.item(), rel=1e-4, abs=1e-7)
+    assert losses.global_local == pytest.approx(global_local.item(), rel=1e-5)
+    assert losses.total == pytest.approx((local + att + global_local).item(), rel=1e-5)
+
+
+def test_maps_match_formulas(lite):
+    torch.manual_seed(2)
+    images = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        out = lite(images)
+        normalized = lite.extractor.normalize(images)
+        features = lite.features(normalized)
+        rec, glob = lite.branches(features, normalized)
+    c, q = lite.config.channels, lite.map_quantiles
+
+    def post(raw, q_low, q_high):
+        up = F.interpolate(raw[:, None], size=(256, 256), mode="bilinear", align_corners=False)
+        up = 0.1 * (up - q_low) / (q_high - q_low)  # normalise, then blur (sigma 4, 33 px)
+        return gaussian_blur(up, kernel_size=[33, 33], sigma=[4.0, 4.0])[:, 0]
+
+    local_map = post(distance(features, rec[:, :c], 0.5), q[0, 0], q[0, 1])
+    global_map = post(distance(glob, rec[:, c:], 0.5), q[1, 0], q[1, 1])
+    combined = 0.5 * local_map + 0.5 * global_map
+    assert torch.allclose(out.local_map, local_map, atol=1e-4)
+    assert torch.allclose(out.global_map, global_map, atol=1e-4)
+    assert torch.allclose(out.anomaly_map, combined, atol=1e-4)
+    assert torch.allclose(out.score, combined.amax(dim=(1, 2)), atol=1e-4)
+
+
+def test_ablation_switches():
+    dfr = ULSAD.from_preset(
+        "lite", global_branch=False, attention_loss=False, cosine_loss=False
+    ).eval()
+    assert dfr.global_ae is None
+    images = torch.rand(1, 3, 256, 256)
+    normalized = dfr.extractor.normalize(images)
+    features = dfr.features(normalized)
+    with torch.no_grad():
+        losses = dfr.losses(features, normalized)
+        rec = dfr.featae(features)
+        out = dfr(images)
+    assert rec.shape[1] == dfr.config.channels
+    assert losses.local == pytest.approx(((features - rec) ** 2).mean().item(), rel=1e-5)
+    assert losses.attention == 0 and losses.global_local == 0
+    assert torch.equal(out.anomaly_map, out.local_map)
+    assert not out.global_map.any()
+
+    no_attention = ULSAD.from_preset("lite", attention_loss=False).eval()
+    with torch.no_grad():
+        f = no_attention.features(normalized)
+        assert no_attention.losses(f, normalized).attention == 0
+    with pytest.raises(ULSADError, match="global_branch"):
+        preset_config("lite", global_branch=False)
+
+
+def test_backbone_stays_frozen_in_train_mode(lite):
+    lite.train()
+    try:
+        assert not lite.extractor.training and lite.featae.training
+        assert not any(p.requires_grad for p in lite.extractor.parameters())
+    finally:
+        lite.eval()
+
+
+def test_heads_are_reproducible_from_the_seed():
+    a, b = ULSAD.from_preset("lite"), ULSAD.from_preset("lite")
+    c = ULSAD.from_preset("lite", seed=1)
+    assert torch.equal(a.featae.encoder[0].weight, b.featae.encoder[0].weight)
+    assert not torch.equal(a.featae.encoder[0].weight, c.featae.encoder[0].weight)
+
+
+def test_config_errors():
+    with pytest.raises(ULSADError, match="Unknown preset"):
+        ULSAD.from_preset("huge")
+    with pytest.raises(ULSADError, match="multiple of 64"):
+        preset_config("lite", image_size=200)
+    with pytest.raises(ULSADError, match="Unknown config"):
+        preset_config("lite", chanels=3)

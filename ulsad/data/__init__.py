@@ -1,0 +1,18 @@
+"""Datasets: loaders for the benchmark layouts and a synthetic dataset for tests and demos."""
+
+from ulsad.data.datasets import DATASETS, DatasetSpec, get_dataset, list_categories, load_split
+from ulsad.data.samples import IMAGE_EXTENSIONS, SPLITS, Sample, load_mask
+from ulsad.data.synthetic import make_synthetic_dataset
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "DatasetSpec",
+    "Sample",
+    "get_dataset",
+    "list_categories",
+    "load_mask",
+    "load_split",
+    "make_synthetic_dataset",
+]

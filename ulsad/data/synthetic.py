@@ -1,0 +1,159 @@
+"""A tiny synthetic dataset in the MVTec AD layout: tests, demos and smoke runs without real data.
+
+Good images show a smooth periodic texture (random phase jitter, colour shift and pixel noise)
+with a yellow disc at the centre. Defective test images add one anomaly with an exact 0/255 mask:
+
+- ``scratch`` (structural): a thin bright line at a random position and angle;
+- ``contamination`` (structural): a filled dark-green ellipse at a random position;
+- ``missing_object`` (logical, with ``logical=True``): the centred disc is absent;
+- ``misplaced_object`` (logical, with ``logical=True``): the disc is moved off-centre (mask: old and
+  new place).
+
+Everything is drawn with numpy from ``seed`` (each image from its own ``(seed, split, index)``
+stream), so the output is reproducible and independent of the other counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ulsad.errors import ULSADError
+
+STRUCTURAL_DEFECTS = ("scratch", "contamination")
+LOGICAL_DEFECTS = ("missing_object", "misplaced_object")
+
+_BACKGROUND = np.array([110.0, 125.0, 140.0])
+_OBJECT = np.array([215.0, 175.0, 40.0])
+_SCRATCH = np.array([255.0, 255.0, 250.0])
+_CONTAMINATION = np.array([25.0, 85.0, 30.0])
+_SPLITS = {"train": 0, "test_good": 1, "test_defect": 2}
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    return yy, xx
+
+
+def _disc(size: int, cy: float, cx: float, radius: float) -> np.ndarray:
+    yy, xx = _grid(size)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Periodic texture (period size/8) with jittered phase, a global colour shift and noise."""
+    yy, xx = _grid(size)
+    period = size / 8.0
+    px, py = rng.uniform(-0.3, 0.3, size=2)
+    tex = np.sin(2 * np.pi * (xx / period + px)) * np.sin(2 * np.pi * (yy / period + py))
+    colour = _BACKGROUND + rng.normal(0.0, 4.0, size=3)
+    return colour[None, None, :] + 22.0 * tex[..., None]
+
+
+def _scratch_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A segment of length ~0.45*size and width ~size/32 (at least 2 px) inside the image."""
+    yy, xx = _grid(size)
+    length = 0.45 * size
+    angle = rng.uniform(0, np.pi)
+    dy, dx = np.sin(angle), np.cos(angle)
+    margin = length / 2 + 2
+    cy, cx = rng.uniform(margin, size - margin, size=2)
+    # distance of each pixel to the segment centred at (cy, cx)
+    t = np.clip((yy - cy) * dy + (xx - cx) * dx, -length / 2, length / 2)
+    dist2 = (yy - cy - t * dy) ** 2 + (xx - cx - t * dx) ** 2
+    half_width = max(1.0, size / 64.0)
+    return dist2 <= half_width**2
+
+
+def _contamination_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A rotated filled ellipse with semi-axes between size/14 and size/8."""
+    yy, xx = _grid(size)
+    ay, ax = rng.uniform(size / 14, size / 8, size=2)
+    margin = max(ay, ax) + 1
+    cy, cx = rng.uniform(margin, size - margin, size=2)
+    angle = rng.uniform(0, np.pi)
+    u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+    v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+    return (u / ay) ** 2 + (v / ax) ** 2 <= 1.0
+
+
+def _render(
+    rng: np.random.Generator, size: int, defect: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return an RGB uint8 image and the boolean defect mask (all False for a good image)."""
+    image = _background(rng, size)
+    radius = size / 7
+    centre = size / 2 + rng.normal(0.0, size / 200, size=2)  # small jitter of the object
+    home = _disc(size, centre[0], centre[1], radius)
+    mask = np.zeros((size, size), dtype=bool)
+    object_at = home
+    if defect == "missing_object":
+        object_at = np.zeros_like(home)
+        mask = home
+    elif defect == "misplaced_object":
+        angle = rng.uniform(0, 2 * np.pi)
+        shift = 0.28 * size
+        moved = _disc(
+            size, centre[0] + shift * np.sin(angle), centre[1] + shift * np.cos(angle), radius
+        )
+        object_at = moved
+        mask = home | moved
+    image[object_at] = _OBJECT + rng.normal(0.0, 4.0, size=3)
+    if defect == "scratch":
+        mask = _scratch_mask(rng, size)
+        image[mask] = _SCRATCH
+    elif defect == "contamination":
+        mask = _contamination_mask(rng, size)
+        image[mask] = _CONTAMINATION
+    image += rng.normal(0.0, 3.0, size=image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8), mask
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def make_synthetic_dataset(
+    root: str | Path,
+    category: str = "synthetic",
+    *,
+    n_train: int = 40,
+    n_test_good: int = 10,
+    n_test_defect: int = 10,
+    size: int = 128,
+    seed: int = 0,
+    logical: bool = False,
+) -> Path:
+    """Write a synthetic category under ``root`` (MVTec AD layout) and return ``root/category``.
+
+    ``n_test_defect`` is the total number of defective test images, spread round-robin over the
+    defect types (scratch, contamination, then the logical types when ``logical``). Existing files
+    with the same names are overwritten.
+    """
+    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
+        raise ULSADError(
+            f"make_synthetic_dataset: need n_train >= 1 and non-negative test counts, got "
+            f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
+        )
+    if size < 32:
+        raise ULSADError(f"make_synthetic_dataset: size must be at least 32 pixels, got {size}.")
+    out = Path(root) / category
+    defects = STRUCTURAL_DEFECTS + (LOGICAL_DEFECTS if logical else ())
+
+    for i in range(n_train):
+        image, _ = _render(np.random.default_rng([seed, _SPLITS["train"], i]), size, None)
+        _save(image, out / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        image, _ = _render(np.random.default_rng([seed, _SPLITS["test_good"], i]), size, None)
+        _save(image, out / "test" / "good" / f"{i:03d}.png")
+    for i in range(n_test_defect):
+        defect = defects[i % len(defects)]
+        rng = np.random.default_rng([seed, _SPLITS["test_defect"], i])
+        image, mask = _render(rng, size, defect)
+        name = f"{i // len(defects):03d}"
+        _save(image, out / "test" / defect / f"{name}.png")
+        _save(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{name}_mask.png")
+    return out

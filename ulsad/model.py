@@ -1,0 +1,311 @@
+"""The ULSAD network: frozen features, a local feature autoencoder, a global image autoencoder.
+
+`ULSAD` is a plain `nn.Module` (forward: images -> anomaly maps); training, checkpoints and
+image loading live in `train.py`, `checkpoint.py` and `images.py` and are reached through thin
+methods here so that users have one object to work with.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ulsad.backbones import FeatureExtractor
+from ulsad.config import ULSADConfig, preset_config
+
+
+def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
+    """d(a, b) per position: mean_c (a - b)^2 + cosine_weight * (1 - cos_c(a, b)); (B,C,H,W) -> (B,H,W)."""
+    distance = (a - b).pow(2).mean(dim=1)
+    if cosine_weight:
+        distance = distance + cosine_weight * (1 - F.cosine_similarity(a, b, dim=1))
+    return distance
+
+
+def attention(queries: Tensor, features: Tensor) -> Tensor:
+    """softmax(Q F^T / sqrt(C)) F over all positions; Q and F are (B, C, H, W) maps."""
+    b, c, h, w = features.shape
+    q = queries.flatten(2).transpose(1, 2)
+    kv = features.flatten(2).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, kv, kv, scale=1.0 / math.sqrt(c))
+    return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _xavier(module: nn.Module) -> nn.Module:
+    nn.init.xavier_uniform_(module.weight, gain=nn.init.calculate_gain("leaky_relu"))
+    return module
+
+
+class FeatAE(nn.Module):
+    """Local branch: a conv autoencoder on the feature map (deep feature reconstruction).
+
+    Output channels: the first C reconstruct the features, the last C (if any) match the global branch.
+    """
+
+    def __init__(self, channels: int, width: int, out_channels: int, output_relu: bool = True):
+        super().__init__()
+        half, quarter = width // 2, width // 4
+
+        def block(conv: nn.Module, out: int, relu: bool = True) -> list[nn.Module]:
+            return [_xavier(conv), nn.BatchNorm2d(out), *([nn.ReLU(inplace=True)] if relu else [])]
+
+        self.encoder = nn.Sequential(
+            *block(nn.Conv2d(channels, half, 3, stride=2, padding=1), half),
+            *block(nn.Conv2d(half, width, 3, stride=2, padding=1), width),
+            *block(nn.Conv2d(width, width, 3, padding=1), width, relu=False),
+        )
+        self.decoder = nn.Sequential(
+            *block(nn.ConvTranspose2d(width, half, 4, stride=2, padding=1), half),
+            *block(nn.ConvTranspose2d(half, quarter, 4, stride=2, padding=1), quarter),
+            *block(
+                nn.ConvTranspose2d(quarter, out_channels, 5, padding=2), out_channels, output_relu
+            ),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.decoder(self.encoder(features))
+
+
+class GlobalAE(nn.Module):
+    """Global branch: image -> 1x1 bottleneck -> feature map, so it can only learn the global layout.
+
+    Close to EfficientAD's autoencoder, with non-affine BatchNorm after every conv but the last.
+    """
+
+    def __init__(self, out_channels: int, width: int = 64, image_size: int = 256):
+        super().__init__()
+        half = width // 2
+
+        def conv(cin: int, cout: int, kernel: int, **kwargs: Any) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, kernel, **kwargs),
+                nn.BatchNorm2d(cout, eps=1e-4, affine=False),
+                nn.ReLU(inplace=True),
+            ]
+
+        encoder_widths = [(3, half), (half, half), (half, width), (width, width), (width, width)]
+        self.encoder = nn.Sequential(
+            *[m for cin, cout in encoder_widths for m in conv(cin, cout, 4, stride=2, padding=1)],
+            *conv(width, width, image_size // 32),  # (S/32 x S/32) -> 1 x 1 bottleneck
+        )
+        s = image_size
+        # Each 4x4 conv with padding 2 grows the map by one pixel: 3->4, 8->9, 15->16, 31->32, 63->64.
+        self.upsample_sizes = [s // 64 - 1, s // 32, s // 16 - 1, s // 8 - 1, s // 4 - 1]
+        self.decoder = nn.ModuleList(
+            [nn.Sequential(*conv(width, width, 4, padding=2)) for _ in self.upsample_sizes]
+        )
+        self.head = nn.Sequential(
+            *conv(width, width, 3, padding=1), nn.Conv2d(width, out_channels, 3, padding=1)
+        )
+        self.output_size = s // 8
+
+    def forward(self, normalized_images: Tensor) -> Tensor:
+        x = self.encoder(normalized_images)
+        for size, layer in zip(self.upsample_sizes, self.decoder, strict=True):
+            x = layer(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False))
+        size = (self.output_size, self.output_size)
+        return self.head(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+
+def gaussian_kernel1d(sigma: float) -> Tensor:
+    """Normalised 1-D Gaussian of size 2 * int(4 sigma + 0.5) + 1 (as the reference's blur)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(maps: Tensor, kernel: Tensor) -> Tensor:
+    """Separable Gaussian blur of (B, H, W) maps with reflect padding."""
+    radius = kernel.numel() // 2
+    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
+
+
+class Losses(NamedTuple):
+    total: Tensor
+    local: Tensor
+    attention: Tensor
+    global_local: Tensor
+
+
+class AnomalyMaps(NamedTuple):
+    """Batch output of `ULSAD.forward`: maps are (B, S, S) at the model's input size."""
+
+    score: Tensor
+    anomaly_map: Tensor
+    local_map: Tensor
+    global_map: Tensor
+
+
+class ULSAD(nn.Module):
+    """ULSAD: structural (local) and logical (global) anomaly maps from one forward pass.
+
+    Input: (B, 3, S, S) RGB in [0, 1]. Buffers carry what inference needs besides weights: the
+    per-channel feature statistics, the map normalisation quantiles and a default threshold.
+    """
+
+    def __init__(self, config: ULSADConfig, pretrained_backbone: bool = True):
+        super().__init__()
+        self.config = config
+        c = config.channels
+        self.extractor = FeatureExtractor(
+            config.backbone, config.layers, c, pretrained=pretrained_backbone
+        )
+        with torch.random.fork_rng(devices=[]):  # head initialisation is reproducible from the seed
+            torch.manual_seed(config.seed)
+            featae_out = 2 * c if config.global_branch else c
+            self.featae = FeatAE(c, config.featae_width, featae_out, config.featae_output_relu)
+            self.global_ae = (
+                GlobalAE(c, config.global_width, config.image_size)
+                if config.global_branch
+                else None
+            )
+        self.register_buffer("feature_mean", torch.zeros(1, c, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, c, 1, 1))
+        # Rows: local, global; columns: low and high quantile. NaN until calibrated.
+        self.register_buffer("map_quantiles", torch.full((2, 2), float("nan")))
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("blur_kernel", gaussian_kernel1d(config.blur_sigma), persistent=False)
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, name: str, pretrained_backbone: bool = True, **overrides: Any) -> ULSAD:
+        """An untrained model from a named preset (`paper`, `lite`), with config overrides."""
+        return cls(preset_config(name, **overrides), pretrained_backbone=pretrained_backbone)
+
+    def train(self, mode: bool = True) -> ULSAD:
+        super().train(mode)
+        self.extractor.eval()  # the backbone is frozen, BatchNorm statistics included
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.feature_mean.device
+
+    @property
+    def calibrated(self) -> bool:
+        """True once map quantiles have been computed on held-out good images."""
+        return not bool(torch.isnan(self.map_quantiles).any())
+
+    # ----------------------------------------------------------------------------- network
+    def features(self, normalized_images: Tensor) -> Tensor:
+        """Standardised backbone features (B, C, S/8, S/8)."""
+        with torch.no_grad():
+            raw = self.extractor(normalized_images)
+        return (raw - self.feature_mean) / self.feature_std
+
+    def branches(self, features: Tensor, normalized_images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """FeatAE output (B, 2C or C, h, w) and global AE output (B, C, h, w) or None."""
+        reconstruction = self.featae(features)
+        global_features = self.global_ae(normalized_images) if self.global_ae is not None else None
+        return reconstruction, global_features
+
+    def losses(
+        self, features: Tensor, normalized_images: Tensor, self_attention: Tensor | None = None
+    ) -> Losses:
+        """The three training losses; `self_attention` may be precomputed (it depends on features only)."""
+        cfg, c = self.config, self.config.channels
+        reconstruction, global_features = self.branches(features, normalized_images)
+        lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
+        local = feature_distance(features, reconstruction[:, :c], lambda_local).mean()
+        zero = local.new_zeros(())
+        attention_loss, global_local = zero, zero
+        if global_features is not None:
+            global_local = feature_distance(
+                global_features, reconstruction[:, c:], cfg.lambda_global
+            ).mean()
+            if cfg.attention_loss:
+                if self_attention is None:
+                    self_attention = attention(features, features)
+                cross_attention = attention(global_features, features)
+                attention_loss = feature_distance(
+                    self_attention, cross_attention, cfg.lambda_attention
+                ).mean()
+        return Losses(local + attention_loss + global_local, local, attention_loss, global_local)
+
+    def raw_maps(self, features: Tensor, normalized_images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Local and global distance maps at feature resolution (B, h, w), before post-processing."""
+        cfg, c = self.config, self.config.channels
+        reconstruction, global_features = self.branches(features, normalized_images)
+        lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
+        local_map = feature_distance(features, reconstruction[:, :c], lambda_local)
+        if global_features is None:
+            return local_map, None
+        return local_map, feature_distance(
+            global_features, reconstruction[:, c:], cfg.lambda_global
+        )
+
+    def _postprocess(self, raw_map: Tensor) -> Tensor:
+        """Upsample to the input size and blur (the quantile normalisation is applied after)."""
+        size = (self.config.image_size, self.config.image_size)
+        upsampled = F.interpolate(
+            raw_map.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+        )
+        return gaussian_blur(upsampled.squeeze(1), self.blur_kernel)
+
+    def unnormalized_maps(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Blurred local and global maps at input size, before quantile normalisation."""
+        normalized = self.extractor.normalize(images)
+        local_map, global_map = self.raw_maps(self.features(normalized), normalized)
+        local_map = self._postprocess(local_map)
+        return local_map, None if global_map is None else self._postprocess(global_map)
+
+    def forward(self, images: Tensor) -> AnomalyMaps:
+        """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S)."""
+        local_map, global_map = self.unnormalized_maps(images)
+        if self.calibrated:  # m' = 0.1 (m - q_low) / (q_high - q_low); blur commutes with it
+            q = self.map_quantiles
+            local_map = 0.1 * (local_map - q[0, 0]) / (q[0, 1] - q[0, 0])
+            if global_map is not None:
+                global_map = 0.1 * (global_map - q[1, 0]) / (q[1, 1] - q[1, 0])
+        if global_map is None:
+            global_map = torch.zeros_like(local_map)
+            combined = local_map
+        else:
+            w = self.config.local_weight
+            combined = w * local_map + (1 - w) * global_map
+        return AnomalyMaps(combined.amax(dim=(1, 2)), combined, local_map, global_map)
+
+    # ----------------------------------------------------------------------------- user API
+    def predict(self, inputs: Any, batch_size: int = 8) -> Any:
+        """Score images (path, PIL, numpy HxWxC, tensor, or a list of them); maps at original size.
+
+        Returns one `Prediction` for a single input, a list for a list.
+        """
+        from ulsad.inference import predict
+
+        return predict(self, inputs, batch_size=batch_size)
+
+    def fit(self, data: Any, category: str | None = None, **kwargs: Any) -> ULSAD:
+        """Train on good images (a dataset root + category, a folder, or a list); see `ulsad.train`."""
+        from ulsad.train import train
+
+        return train(self, data, category=category, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `model.safetensors` + `config.json` (self-contained, atomic)."""
+        from ulsad.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, revision: str | None = None, **kwargs: Any
+    ) -> ULSAD:
+        """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo."""
+        from ulsad.checkpoint import load_pretrained
+
+        return load_pretrained(path_or_repo_id, revision=revision, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the checkpoint to the Hugging Face Hub; returns the commit URL."""
+        from ulsad.checkpoint import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)

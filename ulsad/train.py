@@ -1,0 +1,309 @@
+"""Training: cached frozen features, Adam + MultiStepLR, held-out calibration, resumable.
+
+The backbone is frozen and no augmentation is used, so its features (and the self-attention
+target, which depends on them alone) are computed once; an epoch then costs only the two
+trainable branches. Map quantiles and the default threshold come from good images held out of
+the TRAINING folder (or the dataset's own validation split), never from test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ulsad.checkpoint import atomic_path, save_pretrained, write_text_atomic
+from ulsad.errors import ULSADError
+from ulsad.images import find_images, load_image, to_tensor
+from ulsad.model import ULSAD, attention
+
+STATE_NAME = "train_state.pt"
+EpochCallback = Callable[[int, int, float, float], Any]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or the best available: CUDA, then Apple MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def good_training_images(
+    data: Any, category: str | None, dataset: str
+) -> tuple[list[Any], list[Any]]:
+    """(train, validation) good images: a dataset root + category, a folder, or a list of images."""
+    if isinstance(data, (list, tuple)):
+        return list(data), []
+    root = Path(data)
+    if category is None:
+        if not root.is_dir():
+            raise ULSADError(f"Training folder not found: {root}")
+        images = find_images(root)
+        if not images:
+            raise ULSADError(f"No images (.png/.jpg/.jpeg/.bmp/.tif) found under {root}.")
+        return images, []
+    from ulsad.data import load_split
+
+    train = [s.path for s in load_split(dataset, root, category, "train") if s.label == 0]
+    validation = [s.path for s in load_split(dataset, root, category, "validation") if s.label == 0]
+    return train, validation
+
+
+def split_holdout(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Deterministic (train, held-out) split; at least one image on each side."""
+    if len(items) < 2:
+        raise ULSADError(f"Need at least 2 good training images, got {len(items)}.")
+    n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(items))
+    held_out = set(order[:n_val].tolist())
+    return (
+        [x for i, x in enumerate(items) if i not in held_out],
+        [x for i, x in enumerate(items) if i in held_out],
+    )
+
+
+@dataclass
+class FeatureCache:
+    """Inputs of the trainable branches, computed once: uint8 images, features, attention target."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    features: torch.Tensor  # (N, C, h, w) standardised
+    self_attention: torch.Tensor | None
+
+    def batch(self, model: ULSAD, index: torch.Tensor, device: torch.device) -> tuple:
+        images = self.images[index].to(device).float().div_(255.0)
+        target = None if self.self_attention is None else self.self_attention[index].to(device)
+        return self.features[index].to(device), model.extractor.normalize(images), target
+
+
+def _load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> torch.Tensor:
+    tensors = [
+        to_tensor(load_image(item), size).mul_(255.0).round_().to(torch.uint8)
+        for item in tqdm(items, desc=desc, disable=not progress, leave=False)
+    ]
+    return torch.stack(tensors)
+
+
+@torch.no_grad()
+def _raw_features(
+    model: ULSAD, images: torch.Tensor, device: torch.device, batch_size: int, progress: bool
+) -> torch.Tensor:
+    chunks = []
+    for start in tqdm(
+        range(0, len(images), batch_size),
+        desc="backbone features",
+        disable=not progress,
+        leave=False,
+    ):
+        batch = images[start : start + batch_size].to(device).float().div_(255.0)
+        chunks.append(model.extractor(model.extractor.normalize(batch)))
+    return torch.cat(chunks)
+
+
+def channel_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) std over images and positions, accumulated in float64."""
+    flat = features.transpose(0, 1).reshape(features.shape[1], -1).double()
+    mean = flat.mean(dim=1)
+    std = (flat.pow(2).mean(dim=1) - mean.pow(2)).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+
+
+def build_cache(
+    model: ULSAD, images: torch.Tensor, device: torch.device, batch_size: int, progress: bool
+) -> FeatureCache:
+    raw = _raw_features(model, images, device, batch_size, progress)
+    features = (raw - model.feature_mean) / model.feature_std
+    target = None
+    if model.config.global_branch and model.config.attention_loss:
+        with torch.no_grad():
+            target = torch.cat([attention(f, f) for f in features.split(batch_size)])
+    return FeatureCache(images, features, target)
+
+
+@torch.no_grad()
+def calibrate(model: ULSAD, cache: FeatureCache, batch_size: int = 8) -> list[float]:
+    """Set the map quantiles and default threshold from held-out good images; returns their scores."""
+    model.eval()
+    device = model.device
+    local_maps, global_maps = [], []
+    for index in torch.arange(len(cache.images)).split(batch_size):
+        features, normalized, _ = cache.batch(model, index, device)
+        local_map, global_map = model.raw_maps(features, normalized)
+        local_maps.append(model._postprocess(local_map).cpu())
+        if global_map is not None:
+            global_maps.append(model._postprocess(global_map).cpu())
+    q_low, q_high = model.config.quantiles
+    generator = torch.Generator().manual_seed(0)
+
+    def quantiles(maps: list[torch.Tensor]) -> list[float]:
+        values = torch.cat(maps).flatten()
+        if values.numel() > 2**24:  # torch.quantile's limit: a fixed random subset
+            values = values[torch.randperm(values.numel(), generator=generator)[: 2**24]]
+        return torch.quantile(values, torch.tensor([q_low, q_high])).tolist()
+
+    rows = [quantiles(local_maps), quantiles(global_maps) if global_maps else [math.nan, math.nan]]
+    model.map_quantiles.copy_(torch.tensor(rows))
+    scores = []
+    for index in torch.arange(len(cache.images)).split(batch_size):
+        images = cache.images[index].to(device).float().div_(255.0)
+        scores.extend(model(images).score.cpu().tolist())
+    model.threshold.fill_(max(scores))
+    return scores
+
+
+def _state(model: ULSAD, optimizer, scheduler, epoch: int, history: list, key: str) -> dict:
+    trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("extractor.")}
+    return {
+        "epoch": epoch,
+        "key": key,
+        "model": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": json.dumps(history),
+    }
+
+
+def train(
+    model: ULSAD,
+    data: Any,
+    category: str | None = None,
+    *,
+    dataset: str = "mvtec_ad",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    out_dir: str | Path | None = None,
+    save_every: int = 5,
+    resume: bool = True,
+    progress: bool = True,
+    callback: EpochCallback | None = None,
+) -> ULSAD:
+    """Train `model` on good images and calibrate it; returns the model (trained in place).
+
+    `data`: a dataset root with `category` (layout `dataset`, see `ulsad.data`), a folder of good
+    images, or a list of images. With `out_dir`, a resumable training state is written every
+    `save_every` epochs and the final checkpoint (`save_pretrained`) at the end; re-running with
+    the same `out_dir` continues an interrupted run. `callback(epoch, epochs, train_loss,
+    val_loss)` is called after every epoch (for progress bars; an exception stops training).
+    """
+    cfg = model.config
+    epochs = cfg.epochs if epochs is None else epochs
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    device = resolve_device(device)
+    model.to(device)
+
+    train_items, val_items = good_training_images(data, category, dataset)
+    if not val_items:
+        train_items, val_items = split_holdout(train_items, cfg.val_fraction, cfg.seed)
+    if len(train_items) < 2:
+        raise ULSADError(f"Need at least 2 good training images, got {len(train_items)}.")
+    key = json.dumps(
+        {"config": cfg.to_dict(), "epochs": epochs, "batch_size": batch_size,
+         "train": [str(x) for x in train_items], "val": [str(x) for x in val_items]},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+
+    params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(cfg.lr_milestones), cfg.lr_gamma
+    )
+    start_epoch, history = 0, []
+    state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
+    if state_path is not None and state_path.is_file() and resume:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state["key"] != key:
+            raise ULSADError(
+                f"{state_path} belongs to a different training run (other data or settings): "
+                "choose another --out folder, or pass --restart to discard it."
+            )
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], json.loads(state["history"])
+        if progress:
+            tqdm.write(f"Resuming from {state_path} at epoch {start_epoch}/{epochs}.")
+
+    started = time.perf_counter()
+    size = cfg.image_size
+    train_images = _load_images(train_items, size, progress, "loading training images")
+    val_images = _load_images(val_items, size, progress, "loading held-out images")
+    if start_epoch == 0:
+        raw = _raw_features(model, train_images, device, batch_size, progress)
+        mean, std = channel_statistics(raw)
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+        del raw
+    train_cache = build_cache(model, train_images, device, batch_size, progress)
+    val_cache = build_cache(model, val_images, device, batch_size, progress)
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    n = len(train_items)
+    bar = tqdm(range(start_epoch, epochs), desc="training", disable=not progress, unit="epoch",
+               initial=start_epoch, total=epochs)  # fmt: skip
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+        batches = [b for b in order.split(batch_size) if len(b) > 1]  # BatchNorm needs 2+ samples
+        total = 0.0
+        for index in batches:
+            with autocast:
+                loss = model.losses(*train_cache.batch(model, index, device)).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        scheduler.step()
+        train_loss = total / sum(len(b) for b in batches)
+        val_loss = evaluate_loss(model, val_cache, batch_size)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
+        if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
+            with atomic_path(state_path) as tmp:
+                torch.save(_state(model, optimizer, scheduler, epoch + 1, history, key), tmp)
+        if callback is not None:
+            callback(epoch + 1, epochs, train_loss, val_loss)
+
+    scores = calibrate(model, val_cache, batch_size)
+    model.eval()
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        save_pretrained(model, out_dir)
+        summary = {
+            "epochs": epochs,
+            "n_train": n,
+            "n_heldout": len(val_items),
+            "heldout_scores": scores,
+            "threshold": float(model.threshold),
+            "seconds": time.perf_counter() - started,
+            "device": str(device),
+            "history": history,
+        }
+        write_text_atomic(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
+        state_path.unlink(missing_ok=True)
+    return model
+
+
+@torch.no_grad()
+def evaluate_loss(model: ULSAD, cache: FeatureCache, batch_size: int) -> float:
+    """Mean total loss over a cached set, in eval mode (the held-out validation loss)."""
+    model.eval()
+    total = 0.0
+    for index in torch.arange(len(cache.images)).split(batch_size):
+        total += model.losses(*cache.batch(model, index, model.device)).total.item() * len(index)
+    return total / len(cache.images)
