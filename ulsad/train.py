@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +91,14 @@ class FeatureCache:
 
 
 def _load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> torch.Tensor:
-    tensors = [
-        to_tensor(load_image(item), size).mul_(255.0).round_().to(torch.uint8)
-        for item in tqdm(items, desc=desc, disable=not progress, leave=False)
-    ]
+    """Decode and resize in threads (PIL releases the GIL), cached as uint8 (N, 3, S, S)."""
+
+    def load(item: Any) -> torch.Tensor:
+        return to_tensor(load_image(item), size).mul_(255.0).round_().to(torch.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        loaded = pool.map(load, items)
+        tensors = list(tqdm(loaded, total=len(items), desc=desc, disable=not progress, leave=False))
     return torch.stack(tensors)
 
 

@@ -1,0 +1,400 @@
+"""The Gradio app (`app.py`), served on a free local port and driven through its API.
+
+Scores must equal `model.predict`, images keep their size, bad inputs give a readable message
+and the app keeps answering, a fit runs while inspect stays responsive, sessions are separate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import struct
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ulsad import ULSAD, checkpoint
+from ulsad import app_utils as au
+from ulsad.checkpoint import WEIGHTS_DIR
+
+gr = pytest.importorskip("gradio")
+pytest.importorskip("plotly")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("ulsad_demo_app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield load_app_module()
+
+
+def serve(app_module, **build_kwargs):
+    demo = app_module.build_demo(**build_kwargs)
+    demo.launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        quiet=True,
+        **app_module.LAUNCH_KWARGS,
+    )
+    return demo
+
+
+def client(demo, tmp_path_factory) -> Client:
+    downloads = tmp_path_factory.mktemp("downloads")
+    return Client(demo.local_url, verbose=False, analytics_enabled=False, download_files=downloads)
+
+
+@pytest.fixture(scope="module")
+def served(app_module, trained_checkpoint):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        spec = str(trained_checkpoint)
+        demo = serve(app_module, choices=[("synthetic", spec)], default=spec)
+        yield demo
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def model(trained_checkpoint) -> ULSAD:
+    return ULSAD.from_pretrained(trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def test_images(synthetic_root) -> dict[str, list[Path]]:
+    test = synthetic_root / "synthetic" / "test"
+    return {
+        "good": sorted((test / "good").glob("*.png")),
+        "defect": sorted(test.glob("[cs]*/*.png")),  # contamination, scratch
+        "train": sorted((synthetic_root / "synthetic" / "train" / "good").glob("*.png")),
+    }
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (for the pixel-count refusal; no pixel data)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+# ----------------------------------------------------------------------------------- inspect
+def test_inspect_returns_the_models_score_and_full_size_maps(
+    served, model, test_images, tmp_path, tmp_path_factory
+):
+    # Non-square, so that a width/height swap would show.
+    path = tmp_path / "wide.png"
+    Image.open(test_images["defect"][0]).resize((160, 96)).save(path)
+    score, overlay, local_map, global_map, verdict, plot = client(served, tmp_path_factory).predict(
+        handle_file(path), api_name="/inspect"
+    )
+    expected = model.predict(path).score
+    assert score == pytest.approx(expected, abs=1e-5)
+    for image in (overlay, local_map, global_map):
+        assert Image.open(image).size == (160, 96)
+    threshold = float(model.threshold)
+    assert verdict.startswith("ANOMALOUS" if expected > threshold else "GOOD")
+    assert f"{threshold:.4f}" in verdict
+    assert plot["type"] == "plotly" and '"type":"heatmap"' in plot["plot"].replace(" ", "")
+
+
+def test_threshold_moves_the_verdict_and_none_means_the_checkpoints(
+    served, model, test_images, tmp_path_factory
+):
+    api = client(served, tmp_path_factory)
+    path = handle_file(test_images["good"][0])
+    score = api.predict(path, api_name="/inspect")[0]
+    below = api.predict(path, threshold=score - 1e-3, api_name="/inspect")[4]
+    above = api.predict(path, threshold=score + 1e-3, api_name="/inspect")[4]
+    default = api.predict(path, threshold=None, api_name="/inspect")[4]
+    assert below.startswith("ANOMALOUS") and above.startswith("GOOD")
+    assert f"threshold {float(model.threshold):.4f}" in default
+
+
+def test_unusual_images_are_read(served, model, test_images, tmp_path, tmp_path_factory):
+    """16-bit greyscale, RGBA and CMYK inputs: scored like `predict`, maps at their size."""
+    source = Image.open(test_images["defect"][1]).convert("RGB")
+    grey16 = Image.fromarray(np.asarray(source.convert("L")).astype(np.uint16) * 257)
+    files = {
+        "grey16.png": grey16,
+        "rgba.png": source.convert("RGBA"),
+        "cmyk.jpg": source.convert("CMYK"),
+    }
+    api = client(served, tmp_path_factory)
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        score, overlay, *_ = api.predict(handle_file(tmp_path / name), api_name="/inspect")
+        assert score == pytest.approx(model.predict(tmp_path / name).score, abs=1e-5), name
+        assert Image.open(overlay).size == source.size, name
+
+
+def test_large_image_is_downscaled_with_a_notice(served, test_images, tmp_path, tmp_path_factory):
+    path = tmp_path / "long.png"
+    Image.open(test_images["good"][0]).resize((au.MAX_SIDE + 904, 250)).save(path)
+    _, overlay, *_, verdict, _ = client(served, tmp_path_factory).predict(
+        handle_file(path), api_name="/inspect"
+    )
+    assert Image.open(overlay).size == (au.MAX_SIDE, 205)
+    assert "downscaled to 4096x205" in verdict
+
+
+# ----------------------------------------------------------------------------------- errors
+def test_bad_inputs_give_a_message_and_the_app_keeps_serving(
+    served, test_images, tmp_path, tmp_path_factory
+):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    good = test_images["good"][0]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    huge = header_only_png(tmp_path / "huge.png", 20_000, 20_000)
+    api = client(served, tmp_path_factory)
+    cases = [
+        ((handle_file(text),), {}, "Cannot read notes.txt"),
+        ((handle_file(truncated),), {}, "Cannot read truncated.png"),
+        ((handle_file(huge),), {}, "20000x20000 pixels, more than"),
+        ((handle_file(good),), {"custom_checkpoint": "nobody/nothing"}, "Could not download"),
+        ((handle_file(good),), {"custom_checkpoint": str(tmp_path)}, "is not an ULSAD checkpoint"),
+        ((handle_file(good),), {"checkpoint": au.FITTED}, "No model fitted in this session"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(AppError, match=message) as error:
+            api.predict(*args, api_name="/inspect", **kwargs)
+        assert "Traceback" not in str(error.value)
+    with pytest.raises(AppError, match="upload 10 to 200 good"):
+        api.predict([handle_file(p) for p in test_images["train"][:3]], 1, api_name="/fit")
+    with pytest.raises(AppError, match="None of the uploaded files could be read"):
+        api.predict([handle_file(truncated)], api_name="/batch")
+    assert isinstance(api.predict(handle_file(good), api_name="/inspect")[0], float)
+
+
+# ----------------------------------------------------------------------------------- batch
+def test_batch_table_is_sorted_and_scores_match_predict(
+    served, model, test_images, tmp_path, tmp_path_factory
+):
+    sources = {f"good{i}.png": p for i, p in enumerate(test_images["good"][:3])}
+    sources |= {f"defect{i}.png": p for i, p in enumerate(test_images["defect"][:3])}
+    for name, source in sources.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i, source in enumerate(test_images["defect"][3:5]):
+            zipped.write(source, f"folder/zipped{i}.png")
+            sources[f"more.zip/folder/zipped{i}.png"] = source
+        zipped.writestr("../escape.png", b"not a png")  # climbs out: skipped
+        zipped.writestr("readme.txt", "ignored")
+    (tmp_path / "notes.txt").write_text("skipped")
+    uploads = [tmp_path / n for n in sources if "/" not in n] + [archive, tmp_path / "notes.txt"]
+    table, histogram, gallery, csv_path = client(served, tmp_path_factory).predict(
+        [handle_file(p) for p in uploads], worst_n=4, api_name="/batch"
+    )
+    rows = table["data"]
+    assert table["headers"] == ["image", "score", "anomalous"]
+    assert sorted(row[0] for row in rows) == sorted(sources)
+    scores = [row[1] for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    threshold = float(model.threshold)
+    for name, score, anomalous in rows:
+        assert score == pytest.approx(model.predict(sources[name]).score, abs=1e-5), name
+        assert anomalous == (score > threshold)
+    assert len(gallery) == 4
+    assert [g["caption"].split()[0] for g in gallery] == [f"{s:.4f}" for s in scores[:4]]
+    lines = Path(csv_path).read_text().splitlines()
+    assert lines[0] == "image,score,anomalous,threshold" and len(lines) == 1 + len(sources)
+    assert histogram["type"] == "plotly"
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+# ----------------------------------------------------------------------------------- fit
+def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
+    served, test_images, tmp_path, tmp_path_factory
+):
+    fitter = client(served, tmp_path_factory)
+    job = fitter.submit([handle_file(p) for p in test_images["train"][:10]], 6, api_name="/fit")
+    deadline = time.monotonic() + 60
+    while job.status().code != Status.PROGRESS and not job.done():
+        assert time.monotonic() < deadline, "the fit never started"
+        time.sleep(0.05)
+    # Another user inspects while the fit runs: answered before the fit ends.
+    other = client(served, tmp_path_factory)
+    assert isinstance(
+        other.predict(handle_file(test_images["good"][0]), api_name="/inspect")[0], float
+    )
+    assert not job.done(), "inspect waited for the fit"
+    status, archive, checkpoint, threshold, custom = job.result(timeout=120)
+    assert status.startswith("Trained on 10 images") and custom == ""
+    folder = tmp_path / "fitted"
+    with zipfile.ZipFile(archive) as zipped:
+        assert {"model.safetensors", "config.json", "training.json"} <= set(zipped.namelist())
+        zipped.extractall(folder)
+    fitted = ULSAD.from_pretrained(folder)
+    assert fitted.config.preset == "lite" and fitted.calibrated
+    assert checkpoint["value"] == au.FITTED
+    assert threshold["value"] == pytest.approx(float(fitted.threshold), abs=1e-6)
+    # The fitter's session now inspects with its own model; other sessions do not see it.
+    path = test_images["defect"][0]
+    score = fitter.predict(handle_file(path), checkpoint=au.FITTED, api_name="/inspect")[0]
+    assert score == pytest.approx(fitted.predict(path).score, abs=1e-5)
+    with pytest.raises(AppError, match="No model fitted in this session"):
+        other.predict(handle_file(path), checkpoint=au.FITTED, api_name="/inspect")
+
+
+def test_one_fit_at_a_time_and_inspect_has_its_own_queue(served):
+    events = {fn.api_name: fn for fn in served.fns.values() if fn.api_name}
+    assert events["fit"].concurrency_limit == 1
+    assert events["inspect"].concurrency_id not in (
+        events["fit"].concurrency_id,
+        events["batch"].concurrency_id,
+    )
+    assert events["inspect"].concurrency_limit >= 2
+
+
+# ----------------------------------------------------------------------------------- embedded
+@pytest.mark.skipif(
+    not (WEIGHTS_DIR / "bottle" / "model.safetensors").is_file(),
+    reason="embedded checkpoint weights/bottle not trained yet",
+)
+def test_default_app_uses_the_embedded_checkpoint_and_its_examples(
+    app_module, test_images, tmp_path_factory
+):
+    choices, default = au.checkpoint_choices()
+    assert default == "bottle" and ("bottle" in [value for _, value in choices])
+    examples = sorted((WEIGHTS_DIR / "bottle" / "examples").glob("*.png"))
+    rows = au.example_rows(choices)
+    assert [Path(image) for image, name in rows if name == "bottle"] == examples
+    image = examples[0] if examples else test_images["good"][0]
+    demo = serve(app_module)
+    try:
+        score = client(demo, tmp_path_factory).predict(handle_file(image), api_name="/inspect")[0]
+    finally:
+        demo.close()
+    assert score == pytest.approx(ULSAD.from_pretrained("bottle").predict(image).score, abs=1e-5)
+
+
+def test_manifest_drives_the_default_checkpoint_dropdown_and_examples(
+    app_module, trained_checkpoint, test_images, tmp_path, tmp_path_factory, monkeypatch
+):
+    """Without the real weights: a weights/ folder of our own, as the Space would ship it."""
+    weights = tmp_path / "weights"
+    (weights / "demo" / "examples").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        (weights / "demo" / name).write_bytes((trained_checkpoint / name).read_bytes())
+    examples = [weights / "demo" / "examples" / f"{i}.png" for i in range(2)]
+    for source, target in zip(test_images["defect"], examples, strict=False):
+        target.write_bytes(source.read_bytes())
+    manifest = {
+        "default": "demo",
+        "checkpoints": {
+            name: {"path": name, "title": name.title(), "hub_repo_id": f"nobody/{name}"}
+            for name in ("missing", "demo")
+        },
+    }
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    (weights / "demo" / "examples" / "ATTRIBUTION.md").write_text("# Credits\nSynthetic, CC0.\n")
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
+    choices, default = au.checkpoint_choices()
+    assert choices == [("Missing (from the Hub)", "missing"), ("Demo", "demo")]
+    assert default == "demo"
+    assert au.example_rows(choices) == [[str(p), "demo"] for p in examples]
+    assert au.example_credits(choices) == "Synthetic, CC0."
+    demo = serve(app_module)
+    try:
+        api = client(demo, tmp_path_factory)
+        score = api.predict(handle_file(examples[0]), api_name="/inspect")[0]
+        with pytest.raises(AppError, match="Could not download 'nobody/missing'"):
+            api.predict(handle_file(examples[0]), checkpoint="missing", api_name="/inspect")
+    finally:
+        demo.close()
+    assert score == pytest.approx(
+        ULSAD.from_pretrained(trained_checkpoint).predict(examples[0]).score, abs=1e-5
+    )
+
+
+def test_push_needs_a_fitted_model_and_reports_the_hub_error(app_module, trained_checkpoint):
+    with pytest.raises(gr.Error, match="Fit a model first"):
+        app_module.push("me/ulsad-test", "", True, au.Session())
+    fitted = au.Session(fitted=trained_checkpoint)
+    with pytest.raises(gr.Error, match="your-name/repo-name"):
+        app_module.push("no-slash", "", True, fitted)
+    with pytest.raises(gr.Error, match=r"Could not push to me/ulsad-test: .*offline"):
+        app_module.push("me/ulsad-test", "", True, fitted)  # HF_HUB_OFFLINE=1 in tests
+
+
+# ----------------------------------------------------------------------------------- units
+def test_collect_images_unpacks_zips_inside_workdir_and_enforces_the_limit(tmp_path):
+    png = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(png)
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in ("../../evil.png", "dir/b.png", "__MACOSX/dir/._b.png", ".hidden.png"):
+            zipped.write(png, name)
+        zipped.writestr("notes.txt", "x")
+    workdir = tmp_path / "work"
+    images, skipped = au.collect_images(
+        [str(png), str(archive), str(tmp_path / "x.csv")], workdir, 10
+    )
+    # Hidden files, macOS resource forks and paths climbing out of the archive are left out.
+    assert [name for _, name in images] == ["a.png", "upload.zip/dir/b.png"]
+    assert images[1][0].resolve().parent == workdir.resolve()
+    assert skipped == ["x.csv"] and not (tmp_path.parent / "evil.png").exists()
+    with pytest.raises(au.ULSADError, match="at most 1 at a time"):
+        au.collect_images([str(png), str(archive)], tmp_path / "work2", 1)
+
+
+def test_model_cache_evicts_the_least_recently_used(tmp_path):
+    cache = au.ModelCache(maxsize=2, device="cpu")
+    first, second, third = object(), object(), object()
+    cache.put("a", first)
+    cache.put("b", second)
+    assert cache.get("a") is first  # now the most recent
+    cache.put("c", third)
+    assert cache.get("a") is first and cache.get("c") is third
+    with pytest.raises(au.ULSADError):
+        cache.get(str(tmp_path))  # "b" was evicted; a folder without a checkpoint is refused
+    with pytest.raises(au.ULSADError, match="No checkpoint chosen"):
+        cache.get("  ")
+
+
+def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
+    images = [(p, p.name) for p in test_images["train"][:10]]
+    with pytest.raises(au.ULSADError, match="Epochs must be between 1 and 200"):
+        au.fit_lite(images, tmp_path / "a", epochs=0)
+    epochs_seen = []
+    with pytest.raises(au.FitStopped):
+        au.fit_lite(
+            images,
+            tmp_path / "b",
+            epochs=3,
+            callback=lambda e, *_: epochs_seen.append(e),
+            should_stop=lambda: bool(epochs_seen),
+        )
+    assert epochs_seen == [1] and not (tmp_path / "b" / "model.safetensors").exists()
