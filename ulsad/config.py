@@ -57,8 +57,8 @@ class ULSADConfig:
         self.layers = tuple(self.layers)
         self.quantiles = tuple(self.quantiles)
         self.lr_milestones = tuple(self.lr_milestones)
-        if self.image_size % 64:
-            raise ULSADError(f"image_size must be a multiple of 64, got {self.image_size}.")
+        if self.image_size % 64 or self.image_size < 128:
+            raise ULSADError(f"image_size must be a multiple of 64, >= 128, got {self.image_size}.")
         if len(self.layers) != 2:
             raise ULSADError(
                 f"layers must name two feature maps (stride 8, 16), got {self.layers}."
