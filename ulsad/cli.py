@@ -37,14 +37,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ulsad.model import ULSAD
 
     overrides = _parse_overrides(args.set)
-    if args.epochs is not None and "lr_milestones" not in overrides:
-        overrides["lr_milestones"] = [args.epochs]  # the paper's milestone is the last epoch
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs  # recorded in config.json
+        overrides.setdefault("lr_milestones", [args.epochs])  # the paper's: the last epoch
     model = ULSAD.from_preset(args.preset, **overrides)
     model.fit(
         args.data,
         category=args.category,
         dataset=args.dataset,
-        epochs=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
         out_dir=args.out,

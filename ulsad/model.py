@@ -253,6 +253,8 @@ class ULSAD(nn.Module):
     def unnormalized_maps(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Blurred local and global maps at input size, before quantile normalisation."""
         normalized = self.extractor.normalize(images)
+        if normalized.device.type == "cpu":  # channels-last convolutions: ~20% faster on CPU
+            normalized = normalized.contiguous(memory_format=torch.channels_last)
         local_map, global_map = self.raw_maps(self.features(normalized), normalized)
         local_map = self._postprocess(local_map)
         return local_map, None if global_map is None else self._postprocess(global_map)

@@ -1,0 +1,121 @@
+"""What the benchmark scripts share: machine description, timing, peak memory, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where the numbers come from: hardware, versions, threads and the machine's load."""
+    from ulsad.benchmark import environment
+
+    return {
+        **environment(device),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds for one call of `fn`, with the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured in rounds (a, b, c, a, b, c, ...) so that a
+    change in the machine's load during the run affects all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+    """fp32 matrix-multiply rate (GFLOP/s) of this machine now: the yardstick for compute floors."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = interleaved({"mm": lambda: a @ b}, device, repeats, warmup=1)["mm"]
+    return 2 * n**3 / median(times) / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB).
+
+    Linux: VmHWM, which starts afresh at exec (ru_maxrss would include the parent's peak)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table; `columns` are (key, header, format)."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            line.append("-" if value is None else format(value, fmt))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path | None, report: dict[str, Any]) -> None:
+    report.setdefault("machine", {})["load_average_end"] = (
+        os.getloadavg() if hasattr(os, "getloadavg") else None
+    )
+    if path is not None:
+        from ulsad.checkpoint import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(_plain(report), indent=2) + "\n")
+        print(f"Wrote {path}")
+
+
+def _plain(value: Any) -> Any:
+    """Strict JSON: NaN and infinities become null, paths strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

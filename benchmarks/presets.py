@@ -1,0 +1,118 @@
+"""Cost of candidate head widths for a CPU preset: FLOPs, latency, training step, checkpoint size.
+
+    python benchmarks/presets.py --out benchmarks/reports/presets_cpu.json
+
+For each candidate (the `lite` preset with config overrides) it measures, in one interleaved run:
+inference GFLOP per 256x256 image, PyTorch batch-1 latency, the cached training step (the loop of
+`ulsad.train`, batches of 8) extrapolated to an epoch of 200 images, parameters and checkpoint
+size. Accuracy is not measured here: train the chosen widths on a real category before adopting
+them (`ulsad train` + `ulsad eval`).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch starts OpenMP: idle threads sleep instead of spinning (see benchmarks/inference.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import interleaved, machine, median, table, write_json
+from ulsad import ULSAD
+from ulsad.train import build_cache
+
+CANDIDATES = {
+    "lite (current)": {},
+    "C96 W256": {"featae_width": 256},
+    "C64 W256": {"channels": 64, "featae_width": 256},
+    "C64 W256 G16": {"channels": 64, "featae_width": 256, "global_width": 16},
+    "C48 W192": {"channels": 48, "featae_width": 192},
+}
+
+
+def training_step(model: ULSAD, images: torch.Tensor, batch_size: int) -> Any:
+    """One cached training step of `ulsad.train` on the first `batch_size` images, as a callable."""
+    device = torch.device("cpu")
+    cache = build_cache(model, images, device, batch_size, progress=False)
+    params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
+    optimizer = torch.optim.Adam(params, lr=model.config.lr)
+    index = torch.arange(batch_size)
+
+    def step() -> None:
+        model.train()
+        loss = model.losses(*cache.batch(model, index, device)).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=json.loads, default=CANDIDATES,
+                        help='JSON {name: {config overrides}} (default: a built-in sweep)')  # fmt: skip
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--images", type=int, default=200, help="images per epoch")
+    parser.add_argument("--out", help="JSON report path")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x1 = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    train_images = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8,
+                                 generator=torch.Generator().manual_seed(2))  # fmt: skip
+    rows, infer, train = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in args.candidates.items():
+            model = ULSAD.from_preset("lite", **overrides).eval()
+            with FlopCounterMode(display=False) as counter, torch.inference_mode():
+                model(x1)
+            folder = model.save_pretrained(Path(tmp) / str(len(rows)))
+            rows.append({"name": name, "overrides": overrides,
+                         "gflop_per_image": counter.get_total_flops() / 1e9,
+                         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                         "checkpoint_mb": (folder / "model.safetensors").stat().st_size / 2**20})  # fmt: skip
+
+            def infer_once(model: ULSAD = model) -> None:
+                with torch.inference_mode():
+                    model.eval()(x1)
+
+            infer[name] = infer_once
+            train[name] = training_step(model, train_images, args.batch_size)
+    cpu = torch.device("cpu")
+    latency = interleaved(infer, cpu, args.repeats, warmup=2)
+    steps = interleaved(train, cpu, args.repeats, warmup=1)
+    n_batches = -(-args.images // args.batch_size)
+    for row in rows:
+        row["latency_ms"] = 1000 * median(latency[row["name"]])
+        row["train_step_s"] = median(steps[row["name"]])
+        row["epoch_s"] = row["train_step_s"] * n_batches
+    write_json(args.out, {"benchmark": "presets", "machine": machine(cpu),
+                          "settings": vars(args), "rows": rows})  # fmt: skip
+    columns = [
+        ("name", "candidate", "s"), ("gflop_per_image", "GFLOP", ".2f"),
+        ("latency_ms", "batch-1 ms", ".1f"), ("train_step_s", "s/step (8 img)", ".3f"),
+        ("epoch_s", f"s/epoch ({args.images} img)", ".1f"), ("params_m", "params M", ".2f"),
+        ("checkpoint_mb", "file MiB", ".1f"),
+    ]  # fmt: skip
+    print(table(rows, columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

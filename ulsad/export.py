@@ -1,0 +1,233 @@
+"""ONNX export and an ONNX Runtime predictor: one graph from images to score and anomaly maps.
+
+The graph takes a (B, 3, S, S) float32 batch in [0, 1] (dynamic B, S from the config) and returns
+`score` (B,), `anomaly_map`, `local_map` and `global_map` (B, S, S): exactly `ULSAD.forward`, with
+feature statistics, map quantiles and blur inside. Resizing the maps to each image's own size
+happens outside, as in `ulsad.inference`. The checkpoint's config and threshold travel in the
+model's metadata, so an exported file is all that deployment needs (`pip install onnxruntime`).
+
+`ulsad export --checkpoint DIR --format onnx --out model.onnx`;
+`ulsad predict --backend onnx --checkpoint model.onnx ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ulsad.checkpoint import atomic_path
+from ulsad.errors import ULSADError
+from ulsad.model import ULSAD, AnomalyMaps
+
+FORMAT = "ulsad-onnx-1"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("score", "anomaly_map", "local_map", "global_map")
+DEFAULT_OPSET = 17
+
+
+def _transposed_as_conv(module: nn.Module) -> nn.Module:
+    """Replace stride-1 `ConvTranspose2d` layers by equivalent `Conv2d` ones (flipped kernels).
+
+    Same output; ONNX Runtime's CPU ConvTranspose is about 2x slower than its Conv for the FeatAE's
+    last layer (the largest in the model), and its Conv gets fused with the BatchNorm and ReLU.
+    """
+    for name, child in module.named_children():
+        if (
+            isinstance(child, nn.ConvTranspose2d)
+            and child.stride == (1, 1)
+            and child.dilation == (1, 1)
+            and child.output_padding == (0, 0)
+            and child.groups == 1
+        ):
+            k, p = child.kernel_size, child.padding
+            conv = nn.Conv2d(
+                child.in_channels, child.out_channels, k,
+                padding=(k[0] - 1 - p[0], k[1] - 1 - p[1]), bias=child.bias is not None,
+            )  # fmt: skip
+            with torch.no_grad():
+                conv.weight.copy_(child.weight.flip(-2, -1).transpose(0, 1))
+                if child.bias is not None:
+                    conv.bias.copy_(child.bias)
+            setattr(module, name, conv)
+        else:
+            _transposed_as_conv(child)
+    return module
+
+
+class _Graph(nn.Module):
+    """`ULSAD.forward` with a tuple output (the exporter's contract)."""
+
+    def __init__(self, model: ULSAD):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return tuple(self.model(images))
+
+
+def export_onnx(model: ULSAD, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `model` as one ONNX graph (images -> score and maps) to `path`, atomically."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise ULSADError("ONNX export needs onnx: pip install onnx onnxruntime") from error
+    path = Path(path)
+    graph = _Graph(_transposed_as_conv(copy.deepcopy(model).cpu().float().eval())).eval()
+    s = model.config.image_size
+    dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        # The TorchScript-based exporter: no onnxscript dependency. Its warnings are about the
+        # calibration test in forward, which is a constant of the exported model.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph, (torch.rand(1, 3, s, s),), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+        )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        metadata = {
+            "format": FORMAT,
+            "config": model.config.to_json(),
+            "threshold": repr(float(model.threshold)),
+            "calibrated": str(model.calibrated),
+        }
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+class OnnxPredictor:
+    """Scores images with an exported model on ONNX Runtime; the same results as `ULSAD.predict`.
+
+    `threads`: ONNX Runtime's intra-op threads (default: one per physical core). `device`: "cpu",
+    or "cuda" with the onnxruntime-gpu package.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            message = "The ONNX backend needs onnxruntime: pip install onnxruntime"
+            raise ULSADError(message) from error
+        path = Path(path)
+        if not path.is_file():
+            raise ULSADError(f"ONNX model not found: {path}")
+        providers = ["CPUExecutionProvider"]
+        if device not in (None, "cpu"):
+            provider = {"cuda": "CUDAExecutionProvider"}.get(str(device).split(":")[0])
+            if provider not in ort.get_available_providers():
+                raise ULSADError(
+                    f"ONNX Runtime has no provider for device {device!r} here (available: "
+                    f"{', '.join(ort.get_available_providers())}); use --device cpu."
+                )
+            providers.insert(0, provider)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            message = f"{path} is not a readable ONNX model ({error}): re-export it."
+            raise ULSADError(message) from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if metadata.get("format") != FORMAT:
+            raise ULSADError(f"{path} was not written by `ulsad export` (no {FORMAT} metadata).")
+        self.config = json.loads(metadata["config"])
+        self.image_size = int(self.config["image_size"])
+        self.threshold = float(metadata["threshold"])
+        self.calibrated = metadata["calibrated"] == "True"
+        self.path = path
+
+    def __call__(self, images: Tensor | np.ndarray) -> AnomalyMaps:
+        """(B, 3, S, S) images in [0, 1] -> `AnomalyMaps` of CPU tensors, as `ULSAD.forward`."""
+        if isinstance(images, Tensor):
+            images = images.detach().cpu().numpy()
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        return AnomalyMaps(*(torch.from_numpy(o) for o in outputs))
+
+    def predict(self, inputs: Any, batch_size: int = 8) -> Any:
+        """Score images (path, PIL, numpy, tensor, or a list of them); see `ULSAD.predict`."""
+        from ulsad.inference import predict_batches
+
+        threshold = None if math.isnan(self.threshold) else self.threshold
+        return predict_batches(
+            self, inputs, image_size=self.image_size, threshold=threshold, batch_size=batch_size
+        )
+
+
+@torch.inference_mode()
+def max_abs_difference(model: ULSAD, predictor: OnnxPredictor, images: Tensor) -> float:
+    """Largest |ONNX Runtime - PyTorch| over score and maps for `images` (B, 3, S, S)."""
+    ours = model.eval()(images.to(model.device))
+    theirs = predictor(images)
+    return max(float((a.cpu() - b).abs().max()) for a, b in zip(ours, theirs, strict=True))
+
+
+def load_predictor(
+    checkpoint: str | Path, backend: str = "torch", device: str | None = None
+) -> ULSAD | OnnxPredictor:
+    """A model with `.predict`, `.threshold` and `.calibrated` for `ulsad predict --backend`.
+
+    The ONNX backend takes an exported `.onnx` file, or exports a checkpoint to a temporary one.
+    """
+    is_onnx_file = str(checkpoint).endswith(".onnx")
+    if backend == "torch":
+        if is_onnx_file:
+            raise ULSADError(f"{checkpoint} is an ONNX model: add --backend onnx.")
+        return ULSAD.from_pretrained(checkpoint, device=device or "cpu")
+    if backend != "onnx":
+        raise ULSADError(f"Unknown backend {backend!r}: choose torch or onnx.")
+    if is_onnx_file:
+        return OnnxPredictor(checkpoint, device=device)
+
+    model = ULSAD.from_pretrained(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(
+            "note: exporting the checkpoint to ONNX for this run; `ulsad export` it once and pass "
+            "the .onnx file as --checkpoint to skip this step.",
+            file=sys.stderr,
+        )
+        # The session holds the model in memory; the temporary file can go.
+        return OnnxPredictor(export_onnx(model, Path(tmp) / "model.onnx"), device=device)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "onnx":
+        raise ULSADError(f"Unknown export format {args.format!r}: choose onnx.")
+    model = ULSAD.from_pretrained(args.checkpoint)
+    out = export_onnx(model, args.out, opset=args.opset)
+    predictor = OnnxPredictor(out)
+    s = model.config.image_size
+    images = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    difference = max_abs_difference(model, predictor, images)
+    size = out.stat().st_size / 2**20
+    print(f"Wrote {out} ({size:.1f} MiB); max |ONNX Runtime - PyTorch| = {difference:.1e}.")
+    if difference > 1e-4:
+        raise ULSADError(
+            f"ONNX Runtime and PyTorch differ by {difference:.2e} (> 1e-4): please report this, "
+            f"with your onnxruntime and torch versions."
+        )
+    return 0
+
+
+def add_export_parser(sub: Any) -> None:
+    """Register `ulsad export` on the CLI's subparsers."""
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> score and maps)")
+    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.set_defaults(func=cmd_export)
