@@ -5,8 +5,8 @@
 For each candidate (the `lite` preset with config overrides) it measures, in one interleaved run:
 inference GFLOP per 256x256 image, PyTorch batch-1 latency, the cached training step (the loop of
 `ulsad.train`, batches of 8) extrapolated to an epoch of 200 images, parameters and checkpoint
-size. Accuracy is not measured here: train the chosen widths on a real category before adopting
-them (`ulsad train` + `ulsad eval`).
+size. `--train ROOT CATEGORY DATASET` also trains each candidate on that category (`--epochs`,
+default the preset's) and adds its test metrics (image AUROC; pixel AUROC and AUPRO with masks).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ulsad.train import build_cache
 
 CANDIDATES = {
     "lite (current)": {},
+    "C152 W608 G64": {"channels": 152, "featae_width": 608, "global_width": 64},
     "C96 W256": {"featae_width": 256},
     "C64 W256": {"channels": 64, "featae_width": 256},
     "C64 W256 G16": {"channels": 64, "featae_width": 256, "global_width": 16},
@@ -60,6 +61,20 @@ def training_step(model: ULSAD, images: torch.Tensor, batch_size: int) -> Any:
     return step
 
 
+def accuracy(overrides: dict, root: str, category: str, dataset: str, epochs: int | None) -> dict:
+    """Test metrics of a candidate trained on one category (the model's own held-out calibration)."""
+    from ulsad.data import load_mask, load_split
+    from ulsad.evaluate import evaluate
+
+    if epochs is not None:
+        overrides = {**overrides, "epochs": epochs, "lr_milestones": (epochs,)}
+    model = ULSAD.from_preset("lite", **overrides)
+    model.fit(root, category=category, dataset=dataset, progress=False)
+    test = load_split(dataset, root, category, "test")
+    metrics = evaluate(model, test, batch_size=16, progress=False, load_mask=load_mask)
+    return {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in metrics}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=json.loads, default=CANDIDATES,
@@ -68,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--images", type=int, default=200, help="images per epoch")
+    parser.add_argument("--train", nargs=3, metavar=("ROOT", "CATEGORY", "DATASET"),
+                        help="also train each candidate there and report its test metrics")  # fmt: skip
+    parser.add_argument("--epochs", type=int, help="training epochs with --train (default: 40)")
     parser.add_argument("--out", help="JSON report path")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -102,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         row["latency_ms"] = 1000 * median(latency[row["name"]])
         row["train_step_s"] = median(steps[row["name"]])
         row["epoch_s"] = row["train_step_s"] * n_batches
+        if args.train:
+            print(f"training {row['name']} on {args.train[1]}")
+            row.update(accuracy(row["overrides"], *args.train, args.epochs))
     write_json(args.out, {"benchmark": "presets", "machine": machine(cpu),
                           "settings": vars(args), "rows": rows})  # fmt: skip
     columns = [
@@ -110,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         ("epoch_s", f"s/epoch ({args.images} img)", ".1f"), ("params_m", "params M", ".2f"),
         ("checkpoint_mb", "file MiB", ".1f"),
     ]  # fmt: skip
+    if args.train:
+        columns += [("image_auroc", "image AUROC", ".4f"), ("pixel_auroc", "pixel AUROC", ".4f"),
+                    ("aupro", "AUPRO", ".4f")]  # fmt: skip
     print(table(rows, columns))
     return 0
 

@@ -213,12 +213,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     s = model.config.image_size
     images = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
     difference = max_abs_difference(model, predictor, images)
+    # Noise images are far from any training set: maps reach tens there, so the tolerance
+    # (1e-4, as on real images) is relative to their scale when that exceeds 1.
+    with torch.inference_mode():
+        scale = max(float(t.abs().max()) for t in model(images))
     size = out.stat().st_size / 2**20
-    print(f"Wrote {out} ({size:.1f} MiB); max |ONNX Runtime - PyTorch| = {difference:.1e}.")
-    if difference > 1e-4:
+    print(f"Wrote {out} ({size:.1f} MiB); max |ONNX Runtime - PyTorch| = {difference:.1e} "
+          f"on maps up to {scale:.2g}.")  # fmt: skip
+    if difference > 1e-4 * max(1.0, scale):
+        out.unlink()
         raise ULSADError(
-            f"ONNX Runtime and PyTorch differ by {difference:.2e} (> 1e-4): please report this, "
-            f"with your onnxruntime and torch versions."
+            f"ONNX Runtime and PyTorch differ by {difference:.2e}, more than expected (the file "
+            "was removed): please report this with your onnxruntime and torch versions."
         )
     return 0
 
