@@ -130,9 +130,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(model, samples, batch_size=args.batch_size, load_mask=load_mask)
     results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset,
                "category": args.category, **results}  # fmt: skip
-    out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval_{args.category}.json"
-    if not Path(args.checkpoint).is_dir() and not args.out:
-        out = Path(f"eval_{args.category}.json")
+    out = Path(args.out or f"eval_{args.category}.json")
+    if not args.out and Path(args.checkpoint).is_dir():
+        out = Path(args.checkpoint) / out
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"):
         if key in results:
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--dataset", default="mvtec_ad", choices=datasets)
-    p.add_argument("--out", help="JSON path (default: CHECKPOINT/eval_CATEGORY.json)")
+    p.add_argument("--out", help="JSON path (default: eval_CATEGORY.json in the checkpoint folder)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
