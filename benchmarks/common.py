@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import statistics
@@ -102,20 +101,8 @@ def write_json(path: str | Path | None, report: dict[str, Any]) -> None:
         os.getloadavg() if hasattr(os, "getloadavg") else None
     )
     if path is not None:
+        from ulsad.benchmark import jsonable
         from ulsad.checkpoint import write_text_atomic
 
-        write_text_atomic(Path(path), json.dumps(_plain(report), indent=2) + "\n")
+        write_text_atomic(Path(path), json.dumps(jsonable(report), indent=2) + "\n")
         print(f"Wrote {path}")
-
-
-def _plain(value: Any) -> Any:
-    """Strict JSON: NaN and infinities become null, paths strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

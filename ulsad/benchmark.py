@@ -178,12 +178,12 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- one category
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types; NaN and infinities become null (strict JSON has no NaN)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalars
@@ -196,7 +196,7 @@ def _jsonable(value: Any) -> Any:
 def _write_json(path: Path, record: dict[str, Any]) -> None:
     from ulsad.checkpoint import write_text_atomic
 
-    write_text_atomic(path, json.dumps(_jsonable(record), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(jsonable(record), indent=2) + "\n")
 
 
 def _now() -> str:
