@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from ulsad import ULSAD, ULSADError
 from ulsad.data import load_split, make_synthetic_dataset
-from ulsad.train import STATE_NAME, channel_statistics, split_holdout
+from ulsad.train import STATE_NAME, augmented_copies, channel_statistics, split_holdout
 
 
 def test_short_training_separates_synthetic_defects(trained_checkpoint, synthetic_root):
@@ -122,3 +122,31 @@ def test_fit_on_a_list_of_images(small_root):
     assert model.calibrated and not model.training
     with pytest.raises(ULSADError, match="at least 2"):
         ULSAD.from_preset("lite", epochs=1).fit(paths[:1], progress=False)
+
+
+def test_augmented_copies_are_seeded_rotations_and_mirrors():
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    config = ULSAD.from_preset("lite").config
+    mirrors = augmented_copies(images, config.replace(augment_copies=4, augment_flip=True), 0)
+    assert mirrors.shape == (12, 3, 64, 64) and mirrors.dtype == torch.uint8
+    for copy, original in zip(mirrors, images.repeat(4, 1, 1, 1), strict=True):
+        assert torch.equal(copy, original) or torch.equal(copy, original.flip(-1))
+    assert not torch.equal(mirrors, images.repeat(4, 1, 1, 1))  # some are mirrored
+    rotated = config.replace(augment_copies=2, augment_rotation=30.0)
+    first, again = augmented_copies(images, rotated, 1), augmented_copies(images, rotated, 1)
+    assert torch.equal(first, again) and not torch.equal(first, images.repeat(2, 1, 1, 1))
+    # A constant image stays constant: reflect padding leaves no blank corners.
+    flat = torch.full((1, 3, 64, 64), 77, dtype=torch.uint8)
+    assert torch.equal(augmented_copies(flat, rotated, 2), flat.repeat(2, 1, 1, 1))
+
+
+def test_training_with_augmented_copies_runs_and_resumes_with_them(small_root, tmp_path):
+    model = ULSAD.from_preset(
+        "lite", epochs=2, batch_size=4, augment_copies=2, augment_rotation=20.0, augment_flip=True
+    )
+    model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False)
+    assert model.calibrated
+    saved = ULSAD.from_pretrained(tmp_path).config
+    assert (saved.augment_copies, saved.augment_rotation, saved.augment_flip) == (2, 20.0, True)
+    with pytest.raises(ULSADError, match="augment_copies"):
+        ULSAD.from_preset("lite", augment_copies=-1)

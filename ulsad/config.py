@@ -51,6 +51,13 @@ class ULSADConfig:
     lr_gamma: float = 0.1
     seed: int = 40
     val_fraction: float = 0.1
+    # Augmentation for small training sets: `augment_copies` randomly transformed copies of every
+    # training image (rotation up to +-`augment_rotation` degrees, mirrored with probability 1/2
+    # when `augment_flip`) are cached next to it; each epoch draws one version of every image, so
+    # an epoch costs the same. Off by default: orientation can be part of what "normal" means.
+    augment_copies: int = 0
+    augment_rotation: float = 0.0
+    augment_flip: bool = False
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +74,11 @@ class ULSADConfig:
             raise ULSADError(f"featae_width must be divisible by 4, got {self.featae_width}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ULSADError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.augment_copies < 0 or not 0.0 <= self.augment_rotation <= 180.0:
+            raise ULSADError(
+                "augment_copies must be >= 0 and augment_rotation in [0, 180] degrees, got "
+                f"{self.augment_copies} and {self.augment_rotation}."
+            )
         if self.attention_loss and not self.global_branch:
             raise ULSADError(
                 "attention_loss needs global_branch=True (it trains the global branch)."

@@ -1,8 +1,8 @@
 """Training: cached frozen features, Adam + MultiStepLR, held-out calibration, resumable.
 
-The backbone is frozen and no augmentation is used, so its features (and the self-attention
-target, which depends on them alone) are computed once; an epoch then costs only the two
-trainable branches. Map quantiles and the default threshold come from good images held out of
+The backbone is frozen, so its features (and the self-attention target, which depends on them
+alone) are computed once, for every image and for its augmented copies if any; an epoch then
+costs only the two trainable branches. Map quantiles and the default threshold come from good images held out of
 the TRAINING folder (or the dataset's own validation split), never from test images.
 """
 
@@ -116,6 +116,26 @@ def _raw_features(
         batch = images[start : start + batch_size].to(device).float().div_(255.0)
         chunks.append(model.extractor(model.extractor.normalize(batch)))
     return torch.cat(chunks)
+
+
+def augmented_copies(images: torch.Tensor, config: Any, seed: int) -> torch.Tensor:
+    """`config.augment_copies` random rotations/mirrors of uint8 `images` (N, 3, S, S), stacked
+    copy after copy. Rotation reflect-pads first, so no blank corners enter the training set."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import rotate
+
+    generator = torch.Generator().manual_seed(seed)
+    size = images.shape[-1]
+    pad = math.ceil(size * (math.sqrt(2) - 1) / 2)
+    copies = []
+    for _ in range(config.augment_copies):
+        angles = (torch.rand(len(images), generator=generator) * 2 - 1) * config.augment_rotation
+        mirror = torch.rand(len(images), generator=generator) < (0.5 if config.augment_flip else 0)
+        for image, angle, flip in zip(images, angles.tolist(), mirror.tolist(), strict=True):
+            padded = torch.nn.functional.pad(image[None].float(), [pad] * 4, mode="reflect")
+            turned = rotate(padded, angle, InterpolationMode.BILINEAR)[0, :, pad:-pad, pad:-pad]
+            copies.append((turned.flip(-1) if flip else turned).round().to(torch.uint8))
+    return torch.stack(copies) if copies else images[:0]
 
 
 def channel_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +273,9 @@ def train(
         model.feature_mean.copy_(mean)
         model.feature_std.copy_(std)
         del raw
+    if cfg.augment_copies:
+        copies = augmented_copies(train_images, cfg, cfg.seed)
+        train_images = torch.cat([train_images, copies])
     train_cache = build_cache(model, train_images, device, batch_size, progress)
     val_cache = build_cache(model, val_images, device, batch_size, progress)
 
@@ -262,9 +285,10 @@ def train(
                initial=start_epoch, total=epochs)  # fmt: skip
     for epoch in bar:
         model.train()
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        )
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        if cfg.augment_copies:  # one version of each image: the original or a copy
+            order += n * torch.randint(0, cfg.augment_copies + 1, (n,), generator=generator)
         batches = [b for b in order.split(batch_size) if len(b) > 1]  # BatchNorm needs 2+ samples
         total = 0.0
         for index in batches:
