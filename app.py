@@ -152,7 +152,7 @@ def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, pro
 
 
 @friendly
-def fit(files, epochs, session, progress=PROGRESS):
+def fit(files, epochs, augment, session, progress=PROGRESS):
     """Train a lite model on the uploaded good images; select it and offer it for download."""
     session.stop = False
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -170,7 +170,12 @@ def fit(files, epochs, session, progress=PROGRESS):
 
         try:
             model = au.fit_lite(
-                images, out_dir, int(epochs), callback=on_epoch, should_stop=lambda: session.stop
+                images,
+                out_dir,
+                int(epochs),
+                callback=on_epoch,
+                should_stop=lambda: session.stop,
+                augment=bool(augment),
             )
         except au.FitStopped:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -327,6 +332,12 @@ def build_demo(
                         label="Epochs",
                         info="More epochs: better maps, longer training.",
                     )
+                    augment = gr.Checkbox(
+                        label="Parts appear turned or mirrored",
+                        value=False,
+                        info="Train on rotated (up to 30 degrees) and mirrored copies too. "
+                        "Leave off when orientation matters.",
+                    )
                     with gr.Row():
                         fit_button = gr.Button("Train", variant="primary")
                         stop_button = gr.Button("Stop", variant="stop")
@@ -369,7 +380,7 @@ def build_demo(
         )
         fit_button.click(
             fit,
-            [fit_files, epochs, session],
+            [fit_files, epochs, augment, session],
             [fit_status, fit_download, checkpoint, threshold_slider, custom],
             api_name="fit",
             concurrency_limit=1,
@@ -408,7 +419,8 @@ score, overlay, local, global_, verdict, plot = client.predict(
 checkpoint's; `None`: the chosen checkpoint's own), `custom_checkpoint` (a Hub repo id or folder;
 overrides `checkpoint`). `/batch` takes a list
 of files (images or zips) and returns the table, histogram, worst overlays and CSV. `/fit` takes a
-list of good images and the number of epochs, and returns a status line and the checkpoint zip."""
+list of good images, the number of epochs and whether to augment with rotations and mirrors
+(optional, default off), and returns a status line and the checkpoint zip."""
 
 demo = build_demo()
 

@@ -239,7 +239,8 @@ def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
     served, test_images, tmp_path, tmp_path_factory
 ):
     fitter = client(served, tmp_path_factory)
-    job = fitter.submit([handle_file(p) for p in test_images["train"][:10]], 6, api_name="/fit")
+    uploads = [handle_file(p) for p in test_images["train"][:10]]
+    job = fitter.submit(uploads, 6, True, api_name="/fit")  # with rotated / mirrored copies
     deadline = time.monotonic() + 60
     while job.status().code != Status.PROGRESS and not job.done():
         assert time.monotonic() < deadline, "the fit never started"
@@ -258,6 +259,7 @@ def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
         zipped.extractall(folder)
     fitted = ULSAD.from_pretrained(folder)
     assert fitted.config.preset == "lite" and fitted.calibrated
+    assert (fitted.config.augment_copies, fitted.config.augment_flip) == (7, True)
     assert checkpoint["value"] == au.FITTED
     assert threshold["value"] == pytest.approx(float(fitted.threshold), abs=1e-6)
     # The fitter's session now inspects with its own model; other sessions do not see it.

@@ -460,6 +460,10 @@ class Session:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+# 7 cached copies of each image, rotated by up to +-30 degrees and mirrored half of the time.
+ROTATION_AUGMENTATION = {"augment_copies": 7, "augment_rotation": 30.0, "augment_flip": True}
+
+
 class FitStopped(ULSADError):
     """The user pressed Stop."""
 
@@ -470,8 +474,12 @@ def fit_lite(
     epochs: int = FIT_DEFAULT_EPOCHS,
     callback: Callable[[int, int, float, float], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    augment: bool = False,
 ) -> ULSAD:
-    """Train a `lite` model on 10-200 good images; checkpoint and training.json go to out_dir."""
+    """Train a `lite` model on 10-200 good images; checkpoint and training.json go to out_dir.
+
+    `augment`: for parts that appear turned or mirrored, the augmentation that lifted MPDD
+    metal_plate's image AUROC from 0.942 to 0.997 (README, "Small training sets")."""
     if not FIT_MIN_IMAGES <= len(images) <= FIT_MAX_IMAGES:
         raise ULSADError(
             f"Got {len(images)} images: upload {FIT_MIN_IMAGES} to {FIT_MAX_IMAGES} good "
@@ -480,7 +488,8 @@ def fit_lite(
     epochs = int(epochs)
     if not 1 <= epochs <= 200:
         raise ULSADError(f"Epochs must be between 1 and 200, got {epochs}.")
-    model = ULSAD.from_preset("lite", epochs=epochs, lr_milestones=(epochs,))
+    extra = ROTATION_AUGMENTATION if augment else {}
+    model = ULSAD.from_preset("lite", epochs=epochs, lr_milestones=(epochs,), **extra)
     side = 2 * model.config.image_size  # decoded once (unreadable files fail here, by name), small
     loaded = []
     for path, name in images:

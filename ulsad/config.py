@@ -116,7 +116,8 @@ PRESETS: dict[str, ULSADConfig] = {
     # checkpoint), 2.6 GFLOP per image against the paper preset's 51 (benchmarks/presets.py).
     # No ReLU after the FeatAE's last layer: standardised features are half negative, which a
     # ReLU output cannot reconstruct. Measured with 40 epochs (README, "Presets"): MVTec AD bottle
-    # image AUROC 0.989 -> 1.000, MPDD metal_plate 0.513 -> 0.836.
+    # image AUROC 0.989 -> 1.000, MPDD metal_plate 0.513 -> 0.836. Small training sets need more
+    # epochs and, where parts turn, `augment_copies` (README, "Small training sets").
     "lite": ULSADConfig(
         backbone="tf_efficientnet_lite0",
         channels=96,
