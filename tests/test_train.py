@@ -150,3 +150,15 @@ def test_training_with_augmented_copies_runs_and_resumes_with_them(small_root, t
     assert (saved.augment_copies, saved.augment_rotation, saved.augment_flip) == (2, 20.0, True)
     with pytest.raises(ULSADError, match="augment_copies"):
         ULSAD.from_preset("lite", augment_copies=-1)
+
+
+def test_local_only_model_is_calibrated_on_its_local_map(small_root, tmp_path):
+    model = ULSAD.from_preset("lite", epochs=1, batch_size=4, global_branch=False,
+                              attention_loss=False)  # fmt: skip
+    model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False)
+    assert model.calibrated and torch.isnan(model.map_quantiles[1]).all()
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert float(model.threshold) == pytest.approx(max(summary["heldout_scores"]))
+    # Normalised: the held-out maps' high quantile maps to 0.1, so scores sit near it, not at
+    # the raw distance scale.
+    assert all(0.0 < s < 1.0 for s in summary["heldout_scores"]), summary["heldout_scores"]

@@ -191,8 +191,9 @@ class ULSAD(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        """True once map quantiles have been computed on held-out good images."""
-        return not bool(torch.isnan(self.map_quantiles).any())
+        """True once map quantiles have been computed on held-out good images (the global row
+        stays NaN without a global branch)."""
+        return not bool(torch.isnan(self.map_quantiles[0]).any())
 
     # ----------------------------------------------------------------------------- network
     def features(self, normalized_images: Tensor) -> Tensor:
@@ -261,7 +262,10 @@ class ULSAD(nn.Module):
 
     def forward(self, images: Tensor) -> AnomalyMaps:
         """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S)."""
-        local_map, global_map = self.unnormalized_maps(images)
+        return self.combine(*self.unnormalized_maps(images))
+
+    def combine(self, local_map: Tensor, global_map: Tensor | None) -> AnomalyMaps:
+        """Quantile-normalise (once calibrated) and average the blurred maps; score = max."""
         if self.calibrated:  # m' = 0.1 (m - q_low) / (q_high - q_low); blur commutes with it
             q = self.map_quantiles
             local_map = 0.1 * (local_map - q[0, 0]) / (q[0, 1] - q[0, 0])

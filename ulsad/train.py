@@ -182,10 +182,8 @@ def calibrate(model: ULSAD, cache: FeatureCache, batch_size: int = 8) -> list[fl
 
     rows = [quantiles(local_maps), quantiles(global_maps) if global_maps else [math.nan, math.nan]]
     model.map_quantiles.copy_(torch.tensor(rows))
-    scores = []
-    for index in torch.arange(len(cache.images)).split(batch_size):
-        images = cache.images[index].to(device).float().div_(255.0)
-        scores.extend(model(images).score.cpu().tolist())
+    global_map = torch.cat(global_maps) if global_maps else None
+    scores = model.combine(torch.cat(local_maps), global_map).score.tolist()
     model.threshold.fill_(max(scores))
     return scores
 
