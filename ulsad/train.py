@@ -2,8 +2,9 @@
 
 The backbone is frozen, so its features (and the self-attention target, which depends on them
 alone) are computed once, for every image and for its augmented copies if any; an epoch then
-costs only the two trainable branches. Map quantiles and the default threshold come from good images held out of
-the TRAINING folder (or the dataset's own validation split), never from test images.
+costs only the two trainable branches. Map quantiles and the default threshold come from good
+images held out of the TRAINING folder (or the dataset's own validation split), never from test
+images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ulsad.checkpoint import atomic_path, save_pretrained, write_text_atomic
+from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
 from ulsad.model import ULSAD, attention
@@ -118,7 +120,7 @@ def _raw_features(
     return torch.cat(chunks)
 
 
-def augmented_copies(images: torch.Tensor, config: Any, seed: int) -> torch.Tensor:
+def augmented_copies(images: torch.Tensor, config: ULSADConfig, seed: int) -> torch.Tensor:
     """`config.augment_copies` random rotations/mirrors of uint8 `images` (N, 3, S, S), stacked
     copy after copy. Rotation reflect-pads first, so no blank corners enter the training set."""
     from torchvision.transforms import InterpolationMode
