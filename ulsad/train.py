@@ -150,9 +150,17 @@ def channel_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def build_cache(
-    model: ULSAD, images: torch.Tensor, device: torch.device, batch_size: int, progress: bool
+    model: ULSAD,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    raw: torch.Tensor | None = None,
 ) -> FeatureCache:
-    raw = _raw_features(model, images, device, batch_size, progress)
+    """Standardised features (and attention target) of `images`; `raw`: their backbone features,
+    if already computed."""
+    if raw is None:
+        raw = _raw_features(model, images, device, batch_size, progress)
     features = (raw - model.feature_mean) / model.feature_std
     target = None
     if model.config.global_branch and model.config.attention_loss:
@@ -267,16 +275,16 @@ def train(
     size = cfg.image_size
     train_images = _load_images(train_items, size, progress, "loading training images")
     val_images = _load_images(val_items, size, progress, "loading held-out images")
-    if start_epoch == 0:
-        raw = _raw_features(model, train_images, device, batch_size, progress)
-        mean, std = channel_statistics(raw)
-        model.feature_mean.copy_(mean)
-        model.feature_std.copy_(std)
-        del raw
     if cfg.augment_copies:
         copies = augmented_copies(train_images, cfg, cfg.seed)
         train_images = torch.cat([train_images, copies])
-    train_cache = build_cache(model, train_images, device, batch_size, progress)
+    raw = _raw_features(model, train_images, device, batch_size, progress)
+    if start_epoch == 0:  # statistics of the real images only (the originals come first)
+        mean, std = channel_statistics(raw[: len(train_items)])
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+    train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
+    del raw
     val_cache = build_cache(model, val_images, device, batch_size, progress)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
