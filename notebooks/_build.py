@@ -171,6 +171,15 @@ PAPER_NOTE = (
     "`paper` run over every category only; smoke-mode and `lite` numbers are not comparable."
 )
 
+# The MVTec AD folder layout (MPDD uses it too).
+MVTEC_LAYOUT = """
+        ```
+        <root>/<category>/train/good/*.png
+        <root>/<category>/test/{good,<defect>}/*.png
+        <root>/<category>/ground_truth/<defect>/<name>_mask.png
+        ```
+        """
+
 # Per-dataset content. `counts`: official train/test images (approximate where noted).
 DATASETS = {
     "mvtec_ad": dict(
@@ -183,13 +192,7 @@ DATASETS = {
         and 1,725 test images with pixel-precise masks for about 70 defect types (scratches,
         cracks, contamination, missing screws on a metal nut...). Images are 700 to 1024 px square.
         """,
-        layout="""
-        ```
-        <root>/<category>/train/good/*.png
-        <root>/<category>/test/{good,<defect>}/*.png
-        <root>/<category>/ground_truth/<defect>/<name>_mask.png
-        ```
-        """,
+        layout=MVTEC_LAYOUT,
         download="""
         `ulsad download mvtec_ad --accept-licence` fetches and checks the official archive (4.9 GB)
         after you have read the licence on the dataset page, or download it there by hand and pass
@@ -261,13 +264,7 @@ DATASETS = {
         it harder than MVTec AD for methods that expect aligned objects. The paper trains MPDD
         with seed 42 (40 elsewhere); the benchmark runner applies that.
         """,
-        layout="""
-        ```
-        <root>/<category>/train/good/*.png
-        <root>/<category>/test/{good,<defect>}/*.png
-        <root>/<category>/ground_truth/<defect>/<name>_mask.png
-        ```
-        """,
+        layout=MVTEC_LAYOUT,
         download="""
         MPDD has no direct download link: get it from the authors' page (OneDrive) and pass its
         folder as `DATA_ROOT`.
