@@ -108,7 +108,7 @@ def test_resume_refuses_a_state_from_another_run(small_root, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _fit(small_root, tmp_path, callback=crash)
-    model = ULSAD.from_preset("lite", epochs=4, lr_milestones=(2,), batch_size=4, lr=1e-3)
+    model = ULSAD.from_preset("lite", epochs=4, lr_milestones=(2,), batch_size=4, lr=2e-3)
     with pytest.raises(ULSADError, match="different training run"):
         model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False)
     # --restart (resume=False) discards it.

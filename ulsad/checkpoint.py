@@ -26,7 +26,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "ulsad-1"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-FULL_PRECISION = ("feature_mean", "feature_std", "map_quantiles", "threshold")
+FULL_PRECISION = ("feature_mean", "feature_std", "map_quantiles", "threshold", "threshold_f1")
+OPTIONAL = {"threshold_f1"}  # added after the first release: older checkpoints load without it
 
 
 @contextmanager
@@ -160,7 +161,7 @@ def load_pretrained(
         ) from error
     model = ULSAD(config, pretrained_backbone=False)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(tensors) - OPTIONAL)
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
@@ -168,7 +169,7 @@ def load_pretrained(
             f"{weights_path} does not match its config.json (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {wrong[:3]}): the two files come from different models."
         )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=False)
     return model.to(device).eval()
 
 

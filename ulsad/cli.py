@@ -37,6 +37,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ulsad.model import ULSAD
 
     overrides = _parse_overrides(args.set)
+    if args.steps is not None:
+        overrides.update(steps=args.steps, epochs=None)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs  # recorded in config.json
         overrides.setdefault("lr_milestones", [args.epochs])  # the paper's: the last epoch
@@ -153,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category folder under --data (omit: --data holds images)")
     p.add_argument("--dataset", default="mvtec_ad", choices=datasets, help="on-disk layout")
     p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int, help="default: the preset's")
+    p.add_argument("--steps", type=int,
+                   help="optimiser steps, rounded up to whole epochs (default: the preset's)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of a step budget")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--out", required=True, help="checkpoint folder (also holds the resume state)")

@@ -156,7 +156,11 @@ class ULSAD(nn.Module):
         self.config = config
         c = config.channels
         self.extractor = FeatureExtractor(
-            config.backbone, config.layers, c, pretrained=pretrained_backbone
+            config.backbone,
+            config.layers,
+            c,
+            pretrained=pretrained_backbone,
+            aggregation=config.feature_aggregation,
         )
         with torch.random.fork_rng(devices=[]):  # head initialisation is reproducible from the seed
             torch.manual_seed(config.seed)
@@ -172,6 +176,8 @@ class ULSAD(nn.Module):
         # Rows: local, global; columns: low and high quantile. NaN until calibrated.
         self.register_buffer("map_quantiles", torch.full((2, 2), float("nan")))
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        # Best-F1 threshold on synthetic defects (NaN without synthetic validation).
+        self.register_buffer("threshold_f1", torch.tensor(float("nan")))
         self.register_buffer("blur_kernel", gaussian_kernel1d(config.blur_sigma), persistent=False)
 
     # ----------------------------------------------------------------------------- construction
@@ -194,6 +200,12 @@ class ULSAD(nn.Module):
         """True once map quantiles have been computed on held-out good images (the global row
         stays NaN without a global branch)."""
         return not bool(torch.isnan(self.map_quantiles[0]).any())
+
+    @property
+    def fusion_weight(self) -> float:
+        """Weight of the local map in the combined map (`local_weight`; 0.5 until it is chosen)."""
+        w = self.config.local_weight
+        return 0.5 if w is None else w
 
     # ----------------------------------------------------------------------------- network
     def features(self, normalized_images: Tensor) -> Tensor:
@@ -243,7 +255,7 @@ class ULSAD(nn.Module):
             global_features, reconstruction[:, c:], cfg.lambda_global
         )
 
-    def _postprocess(self, raw_map: Tensor) -> Tensor:
+    def postprocess(self, raw_map: Tensor) -> Tensor:
         """Upsample to the input size and blur (the quantile normalisation is applied after)."""
         size = (self.config.image_size, self.config.image_size)
         upsampled = F.interpolate(
@@ -257,8 +269,8 @@ class ULSAD(nn.Module):
         if normalized.device.type == "cpu":  # channels-last convolutions: ~20% faster on CPU
             normalized = normalized.contiguous(memory_format=torch.channels_last)
         local_map, global_map = self.raw_maps(self.features(normalized), normalized)
-        local_map = self._postprocess(local_map)
-        return local_map, None if global_map is None else self._postprocess(global_map)
+        local_map = self.postprocess(local_map)
+        return local_map, None if global_map is None else self.postprocess(global_map)
 
     def forward(self, images: Tensor) -> AnomalyMaps:
         """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S)."""
@@ -275,7 +287,7 @@ class ULSAD(nn.Module):
             global_map = torch.zeros_like(local_map)
             combined = local_map
         else:
-            w = self.config.local_weight
+            w = self.fusion_weight
             combined = w * local_map + (1 - w) * global_map
         return AnomalyMaps(combined.amax(dim=(1, 2)), combined, local_map, global_map)
 

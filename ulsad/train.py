@@ -28,6 +28,15 @@ from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
 from ulsad.model import ULSAD, attention
+from ulsad.synthetic_defects import synthetic_defects
+from ulsad.validation import (
+    FUSION_WEIGHTS,
+    ValidationMaps,
+    best_weight,
+    f1_threshold,
+    fusion_table,
+    map_quantiles,
+)
 
 STATE_NAME = "train_state.pt"
 EpochCallback = Callable[[int, int, float, float], Any]
@@ -170,37 +179,73 @@ def build_cache(
 
 
 @torch.no_grad()
-def calibrate(model: ULSAD, cache: FeatureCache, batch_size: int = 8) -> list[float]:
-    """Set the map quantiles and default threshold from held-out good images; returns their scores."""
+def cache_maps(
+    model: ULSAD, cache: FeatureCache, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Blurred, un-normalised local and global maps (N, S, S) of a cached set, on the CPU."""
     model.eval()
-    device = model.device
     local_maps, global_maps = [], []
     for index in torch.arange(len(cache.images)).split(batch_size):
-        features, normalized, _ = cache.batch(model, index, device)
+        features, normalized, _ = cache.batch(model, index, model.device)
         local_map, global_map = model.raw_maps(features, normalized)
-        local_maps.append(model._postprocess(local_map).cpu())
+        local_maps.append(model.postprocess(local_map).cpu())
         if global_map is not None:
-            global_maps.append(model._postprocess(global_map).cpu())
-    q_low, q_high = model.config.quantiles
-    generator = torch.Generator().manual_seed(0)
+            global_maps.append(model.postprocess(global_map).cpu())
+    return torch.cat(local_maps), torch.cat(global_maps) if global_maps else None
 
-    def quantiles(maps: list[torch.Tensor]) -> list[float]:
-        values = torch.cat(maps).flatten()
-        if values.numel() > 2**24:  # torch.quantile's limit: a fixed random subset
-            values = values[torch.randperm(values.numel(), generator=generator)[: 2**24]]
-        return torch.quantile(values, torch.tensor([q_low, q_high])).tolist()
 
-    rows = [quantiles(local_maps), quantiles(global_maps) if global_maps else [math.nan, math.nan]]
+@torch.no_grad()
+def calibrate(
+    model: ULSAD, cache: FeatureCache, batch_size: int = 8, defects: FeatureCache | None = None
+) -> list[float]:
+    """Set the map quantiles and default threshold (the highest score) from held-out good images,
+    and with synthetic `defects` the best-F1 threshold too; returns the good images' scores."""
+    local_maps, global_maps = cache_maps(model, cache, batch_size)
+    rows = [map_quantiles(local_maps, model.config.quantiles), [math.nan, math.nan]]
+    if global_maps is not None:
+        rows[1] = map_quantiles(global_maps, model.config.quantiles)
     model.map_quantiles.copy_(torch.tensor(rows))
-    global_map = torch.cat(global_maps) if global_maps else None
-    scores = model.combine(torch.cat(local_maps), global_map).score.tolist()
+    scores = model.combine(local_maps, global_maps).score.tolist()
     model.threshold.fill_(max(scores))
+    if defects is not None:
+        defect_scores = model.combine(*cache_maps(model, defects, batch_size)).score.numpy()
+        model.threshold_f1.fill_(f1_threshold(np.array(scores), defect_scores))
     return scores
 
 
-def _state(model: ULSAD, optimizer, scheduler, epoch: int, history: list, key: str) -> dict:
-    trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("extractor.")}
+@dataclass
+class SyntheticSet:
+    """Synthetic defects on the held-out good images, with their masks (`ulsad.synthetic_defects`)."""
+
+    cache: FeatureCache
+    masks: torch.Tensor
+    kinds: list[str]
+
+    def fusion_table(self, model: ULSAD, good: FeatureCache, batch_size: int) -> dict:
+        """Synthetic-defect metrics per candidate fusion weight (the configured one, if fixed)."""
+        good_local, good_global = cache_maps(model, good, batch_size)
+        defect_local, defect_global = cache_maps(model, self.cache, batch_size)
+        maps = ValidationMaps(good_local, good_global, defect_local, defect_global, self.masks)
+        w = model.config.local_weight
+        weights = FUSION_WEIGHTS if w is None else (w,)
+        return fusion_table(maps, model.config.quantiles, weights)
+
+
+def _trainable(model: ULSAD) -> dict[str, torch.Tensor]:
+    """The trained part of the state (the frozen backbone is rebuilt from its weights)."""
     return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("extractor.")
+    }
+
+
+def _state(
+    model: ULSAD, optimizer, scheduler, epoch: int, history: list, key: str, best: dict | None
+) -> dict:
+    trainable = _trainable(model)
+    return {
+        "best": best,
         "epoch": epoch,
         "key": key,
         "model": trainable,
@@ -234,8 +279,9 @@ def train(
     val_loss)` is called after every epoch (for progress bars; an exception stops training).
     """
     cfg = model.config
-    epochs = cfg.epochs if epochs is None else epochs
-    batch_size = cfg.batch_size if batch_size is None else batch_size
+    if batch_size is not None and batch_size != cfg.batch_size:
+        cfg = model.config = cfg.replace(batch_size=batch_size)
+    batch_size = cfg.batch_size
     device = resolve_device(device)
     model.to(device)
 
@@ -244,6 +290,7 @@ def train(
         train_items, val_items = split_holdout(train_items, cfg.val_fraction, cfg.seed)
     if len(train_items) < 2:
         raise ULSADError(f"Need at least 2 good training images, got {len(train_items)}.")
+    epochs = cfg.training_epochs(len(train_items)) if epochs is None else epochs
     key = json.dumps(
         {"config": cfg.to_dict(), "epochs": epochs, "batch_size": batch_size,
          "train": [str(x) for x in train_items], "val": [str(x) for x in val_items]},
@@ -252,10 +299,13 @@ def train(
 
     params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, list(cfg.lr_milestones), cfg.lr_gamma
-    )
-    start_epoch, history = 0, []
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(cfg.lr_milestones), cfg.lr_gamma
+        )
+    start_epoch, history, best = 0, [], None
     state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
     if state_path is not None and state_path.is_file() and resume:
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -268,6 +318,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], json.loads(state["history"])
+        best = state.get("best")
         if progress:
             tqdm.write(f"Resuming from {state_path} at epoch {start_epoch}/{epochs}.")
 
@@ -286,6 +337,14 @@ def train(
     train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
     del raw
     val_cache = build_cache(model, val_images, device, batch_size, progress)
+    synthetic = None
+    if cfg.synthetic_defects:
+        defect_images, masks, kinds = synthetic_defects(val_images, cfg.synthetic_defects, cfg.seed)
+        defect_cache = build_cache(model, defect_images, device, batch_size, progress)
+        synthetic = SyntheticSet(defect_cache, masks, kinds)
+    # Epochs at which the synthetic validation compares the model so far (the last one included).
+    points = min(cfg.validation_points, epochs)
+    validation_epochs = {math.ceil(epochs * (i + 1) / points) for i in range(points)}
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     n = len(train_items)
@@ -310,14 +369,34 @@ def train(
         train_loss = total / sum(len(b) for b in batches)
         val_loss = evaluate_loss(model, val_cache, batch_size)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        if synthetic is not None and epoch + 1 in validation_epochs:
+            table = synthetic.fusion_table(model, val_cache, batch_size)
+            weight = best_weight(table)
+            history[-1]["synthetic"] = {"local_weight": weight, **table[weight]}
+            if best is None or table[weight]["score"] > best["score"]:
+                best = {"score": table[weight]["score"], "epoch": epoch + 1,
+                        "local_weight": weight, "table": json.dumps(table),
+                        "model": _trainable(model)}  # fmt: skip
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
         if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
             with atomic_path(state_path) as tmp:
-                torch.save(_state(model, optimizer, scheduler, epoch + 1, history, key), tmp)
+                torch.save(_state(model, optimizer, scheduler, epoch + 1, history, key, best), tmp)
         if callback is not None:
             callback(epoch + 1, epochs, train_loss, val_loss)
 
-    scores = calibrate(model, val_cache, batch_size)
+    choice = None
+    if best is not None:  # the best epoch on synthetic defects, and its fusion weight
+        model.load_state_dict(best["model"], strict=False)
+        model.config = model.config.replace(local_weight=best["local_weight"])
+        choice = {
+            "defects": cfg.synthetic_defects,
+            "kinds": sorted(set(synthetic.kinds)),
+            "epochs_compared": sorted(validation_epochs),
+            "chosen_epoch": best["epoch"],
+            "local_weight": best["local_weight"],
+            "fusion_table": json.loads(best["table"]),
+        }
+    scores = calibrate(model, val_cache, batch_size, synthetic.cache if synthetic else None)
     model.eval()
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -328,6 +407,9 @@ def train(
             "n_heldout": len(val_items),
             "heldout_scores": scores,
             "threshold": float(model.threshold),
+            "threshold_f1": float(model.threshold_f1),
+            "steps": sum(max(1, len(train_items) // batch_size) for _ in range(epochs)),
+            "synthetic_validation": choice,
             "seconds": time.perf_counter() - started,
             "device": str(device),
             "history": history,

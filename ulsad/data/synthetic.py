@@ -7,7 +7,9 @@ with a yellow disc at the centre. Defective test images add one anomaly with an 
 - ``contamination`` (structural): a filled dark-green ellipse at a random position;
 - ``missing_object`` (logical, with ``logical=True``): the centred disc is absent;
 - ``misplaced_object`` (logical, with ``logical=True``): the disc is moved off-centre (mask: old and
-  new place).
+  new place);
+- ``duplicated_object`` (logical, only when named in ``defects``): a second disc beside the first
+  (mask: the extra one).
 
 Everything is drawn with numpy from ``seed`` (each image from its own ``(seed, split, index)``
 stream), so the output is reproducible and independent of the other counts.
@@ -24,6 +26,7 @@ from ulsad.errors import ULSADError
 
 STRUCTURAL_DEFECTS = ("scratch", "contamination")
 LOGICAL_DEFECTS = ("missing_object", "misplaced_object")
+ALL_DEFECTS = (*STRUCTURAL_DEFECTS, *LOGICAL_DEFECTS, "duplicated_object")
 
 _BACKGROUND = np.array([110.0, 125.0, 140.0])
 _OBJECT = np.array([215.0, 175.0, 40.0])
@@ -92,14 +95,16 @@ def _render(
     if defect == "missing_object":
         object_at = np.zeros_like(home)
         mask = home
-    elif defect == "misplaced_object":
+    elif defect in ("misplaced_object", "duplicated_object"):
         angle = rng.uniform(0, 2 * np.pi)
         shift = 0.28 * size
         moved = _disc(
             size, centre[0] + shift * np.sin(angle), centre[1] + shift * np.cos(angle), radius
         )
-        object_at = moved
-        mask = home | moved
+        if defect == "misplaced_object":
+            object_at, mask = moved, home | moved
+        else:
+            object_at, mask = home | moved, moved
     image[object_at] = _OBJECT + rng.normal(0.0, 4.0, size=3)
     if defect == "scratch":
         mask = _scratch_mask(rng, size)
@@ -126,12 +131,14 @@ def make_synthetic_dataset(
     size: int = 128,
     seed: int = 0,
     logical: bool = False,
+    defects: tuple[str, ...] | None = None,
 ) -> Path:
     """Write a synthetic category under ``root`` (MVTec AD layout) and return ``root/category``.
 
     ``n_test_defect`` is the total number of defective test images, spread round-robin over the
     defect types (scratch, contamination, then the logical types when ``logical``). Existing files
-    with the same names are overwritten.
+    with the same names are overwritten. ``defects`` names the types instead (any of
+    ``ALL_DEFECTS``).
     """
     if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
         raise ULSADError(
@@ -141,7 +148,10 @@ def make_synthetic_dataset(
     if size < 32:
         raise ULSADError(f"make_synthetic_dataset: size must be at least 32 pixels, got {size}.")
     out = Path(root) / category
-    defects = STRUCTURAL_DEFECTS + (LOGICAL_DEFECTS if logical else ())
+    if defects is None:
+        defects = STRUCTURAL_DEFECTS + (LOGICAL_DEFECTS if logical else ())
+    elif not defects or set(defects) - set(ALL_DEFECTS):
+        raise ULSADError(f"make_synthetic_dataset: defects must be among {ALL_DEFECTS}.")
 
     for i in range(n_train):
         image, _ = _render(np.random.default_rng([seed, _SPLITS["train"], i]), size, None)

@@ -1,0 +1,217 @@
+"""Synthetic defects pasted onto good images: validation data for a user who has no defect images.
+
+A user's held-out good images are the only data besides the training set. Training uses copies of
+them with pasted defects, each with its exact mask, to choose what would otherwise be chosen on
+test images (the local/global fusion weight, when to stop, an F1 threshold; `ulsad.validation`).
+
+Structural kinds:
+- ``cutpaste``: a rectangle of the image, colour-jittered, pasted elsewhere (CutPaste, Li et al.
+  2021);
+- ``perlin``: a foreign texture blended in under a thresholded Perlin-noise mask (DRAEM, Zavrtanik
+  et al. 2021; the texture is another good image, flipped and recoloured, as no texture set ships);
+- ``scratch``: a thin bright or dark curved line.
+
+Logical kinds (about the arrangement, not the texture):
+- ``missing``: a region of the object replaced by the background colour;
+- ``duplicate``: a part of the object copied to another place;
+- ``moved``: a part of the object moved (its old place becomes background).
+
+Everything is drawn from `numpy.random.default_rng((seed, index))`: the same seed gives the same
+images and masks, and each image is independent of how many others are made. Pixels outside the
+mask are never changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+STRUCTURAL_KINDS = ("cutpaste", "perlin", "scratch")
+LOGICAL_KINDS = ("missing", "duplicate", "moved")
+KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
+
+
+def perlin_noise(size: int, cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(size, size) 2-D gradient (Perlin) noise with `cells` (rows, cols) lattice cells; ~[-1, 1]."""
+    rows, cols = cells
+    angles = rng.uniform(0, 2 * np.pi, size=(rows + 1, cols + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    y = np.linspace(0, rows, size, endpoint=False)
+    x = np.linspace(0, cols, size, endpoint=False)
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    y0, x0 = yy.astype(int), xx.astype(int)
+    fy, fx = yy - y0, xx - x0
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = grads[y0 + dy, x0 + dx]
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return t * t * t * (t * (t * 6 - 15) + 10)
+
+    wy, wx = fade(fy), fade(fx)
+    top = corner(0, 0) * (1 - wx) + corner(0, 1) * wx
+    bottom = corner(1, 0) * (1 - wx) + corner(1, 1) * wx
+    return np.sqrt(2) * (top * (1 - wy) + bottom * wy)
+
+
+def _background_colour(image: np.ndarray) -> np.ndarray:
+    """Median colour of the image border: what the scene looks like where there is no object."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return np.median(border, axis=0)
+
+
+def _foreground_point(image: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """A random pixel unlike the background (a random pixel if the image is all texture)."""
+    distance = np.abs(image - _background_colour(image)).sum(axis=-1)
+    candidates = np.argwhere(distance > max(30.0, np.quantile(distance, 0.5)))
+    size = image.shape[0]
+    if len(candidates) == 0:
+        return int(rng.integers(size)), int(rng.integers(size))
+    y, x = candidates[rng.integers(len(candidates))]
+    return int(y), int(x)
+
+
+def _box(
+    size: int, rng: np.random.Generator, area: tuple[float, float], centre=None
+) -> tuple[int, int, int, int]:
+    """A rectangle (top, left, height, width) of the given area fraction range, inside the image."""
+    fraction = rng.uniform(*area)
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+    h = int(np.clip(np.sqrt(fraction * aspect) * size, 4, size // 2))
+    w = int(np.clip(np.sqrt(fraction / aspect) * size, 4, size // 2))
+    if centre is None:
+        top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    else:
+        top = int(np.clip(centre[0] - h // 2, 0, size - h))
+        left = int(np.clip(centre[1] - w // 2, 0, size - w))
+    return top, left, h, w
+
+
+def _ellipse_mask(size: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    top, left, h, w = box
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).ellipse([left, top, left + w - 1, top + h - 1], fill=255)
+    return np.asarray(canvas) > 0
+
+
+def _paste(image: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bool mask where `patch` was written into `image` (in place) at a random place."""
+    size, (h, w) = image.shape[0], patch.shape[:2]
+    top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    image[top : top + h, left : left + w] = patch
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top : top + h, left : left + w] = True
+    return mask
+
+
+def _cutpaste(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    top, left, h, w = _box(image.shape[0], rng, (0.02, 0.08))
+    patch = image[top : top + h, left : left + w].copy()
+    patch = np.clip(patch * rng.uniform(0.6, 1.4) + rng.uniform(-40, 40, size=3), 0, 255)
+    return _paste(image, patch, rng)
+
+
+def _perlin(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    for _ in range(10):  # a mask of at least 0.5% of the image
+        cells = (2 ** int(rng.integers(1, 5)), 2 ** int(rng.integers(1, 5)))
+        mask = perlin_noise(size, cells, rng) > rng.uniform(0.4, 0.6)
+        if mask.mean() > 0.005:
+            break
+    texture = other[::-1, ::-1] if rng.random() < 0.5 else other[:, ::-1]
+    texture = np.clip(
+        255 - texture if rng.random() < 0.5 else texture * rng.uniform(0.3, 1.7), 0, 255
+    )
+    opacity = rng.uniform(0.5, 1.0)
+    image[mask] = (1 - opacity) * image[mask] + opacity * texture[mask]
+    return mask
+
+
+def _scratch(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    length = rng.uniform(0.15, 0.4) * size
+    start = rng.uniform(0.1, 0.9, size=2) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    bend = rng.uniform(-0.5, 0.5)
+    t = np.linspace(0, 1, 24)
+    points = [
+        (
+            start[1] + length * s * np.cos(angle + bend * s),
+            start[0] + length * s * np.sin(angle + bend * s),
+        )
+        for s in t
+    ]
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).line(points, fill=255, width=int(rng.integers(2, 5)))
+    mask = np.asarray(canvas) > 0
+    colour = rng.uniform(200, 255, size=3) if rng.random() < 0.5 else rng.uniform(0, 50, size=3)
+    image[mask] = colour
+    return mask
+
+
+def _missing(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    box = _box(size, rng, (0.02, 0.08), centre=_foreground_point(image, rng))
+    mask = _ellipse_mask(size, box)
+    noise = rng.normal(0, 3, size=(int(mask.sum()), 3))
+    image[mask] = np.clip(_background_colour(image) + noise, 0, 255)
+    return mask
+
+
+def _part(
+    image: np.ndarray, rng: np.random.Generator
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    top, left, h, w = box = _box(image.shape[0], rng, (0.02, 0.06), _foreground_point(image, rng))
+    return box, image[top : top + h, left : left + w].copy()
+
+
+def _duplicate(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    _, patch = _part(image, rng)
+    return _paste(image, patch, rng)
+
+
+def _moved(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    (top, left, h, w), patch = _part(image, rng)
+    old = np.zeros(image.shape[:2], dtype=bool)
+    old[top : top + h, left : left + w] = True
+    image[old] = _background_colour(image)
+    return _paste(image, patch, rng) | old
+
+
+_MAKERS = {
+    "cutpaste": _cutpaste,
+    "perlin": _perlin,
+    "scratch": _scratch,
+    "missing": _missing,
+    "duplicate": _duplicate,
+    "moved": _moved,
+}
+
+
+def synthetic_defects(
+    images: torch.Tensor, count: int, seed: int, kinds: tuple[str, ...] = KINDS
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`count` defective copies of uint8 `images` (N, 3, S, S), cycling over images and `kinds`.
+
+    Returns uint8 images (count, 3, S, S), bool masks (count, S, S) and the kind of each. The
+    mask is exactly the set of pixels that may differ from the source image.
+    """
+    unknown = set(kinds) - set(_MAKERS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown defect kinds {sorted(unknown)}; choose from {KINDS}")
+    sources = images.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    out_images, out_masks, out_kinds = [], [], []
+    for index in range(count):
+        rng = np.random.default_rng((seed, index))
+        kind = kinds[index % len(kinds)]
+        source = index % len(sources)
+        image = sources[source].copy()
+        other = sources[int(rng.integers(len(sources)))]
+        mask = _MAKERS[kind](image, other, rng)
+        image = np.where(mask[..., None], np.round(image), sources[source])
+        out_images.append(torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1))
+        out_masks.append(torch.from_numpy(mask))
+        out_kinds.append(kind)
+    return torch.stack(out_images), torch.stack(out_masks), out_kinds

@@ -1,0 +1,100 @@
+"""Choices made without defect images: scores of held-out good images and of synthetic defects.
+
+Given the blurred, un-normalised local and global maps of the held-out good images and of
+synthetic defective copies of them (`ulsad.synthetic_defects`), this module measures how well a
+fusion of the two maps separates and localises the synthetic defects, picks the fusion weight,
+compares training epochs, and places a threshold at the best F1. No test image is ever involved:
+the inputs are training-folder images only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ulsad.metrics import PixelMetrics, image_auroc
+
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Candidate weights of the local map (1: local only); coarse, so one small set cannot overfit it."""
+
+
+@dataclass
+class ValidationMaps:
+    """Blurred, un-normalised maps (N, S, S) of held-out good images and synthetic defects."""
+
+    good_local: Tensor
+    good_global: Tensor | None
+    defect_local: Tensor
+    defect_global: Tensor | None
+    masks: Tensor  # (M, S, S) bool: where each synthetic defect is
+
+
+def map_quantiles(maps: Tensor, quantiles: tuple[float, float]) -> list[float]:
+    """Low and high quantile of all values of `maps` (a fixed random subset above 2**24 values)."""
+    values = maps.flatten()
+    if values.numel() > 2**24:  # torch.quantile's limit
+        generator = torch.Generator().manual_seed(0)
+        values = values[torch.randperm(values.numel(), generator=generator)[: 2**24]]
+    return torch.quantile(values.float(), torch.tensor(quantiles)).tolist()
+
+
+def _normalise(maps: Tensor, q: list[float]) -> Tensor:
+    return 0.1 * (maps - q[0]) / (q[1] - q[0])
+
+
+def fusion_table(
+    maps: ValidationMaps, quantiles: tuple[float, float], weights=FUSION_WEIGHTS
+) -> dict[float, dict[str, float]]:
+    """Synthetic-defect metrics of each fusion weight: image AUROC (defects vs held-out good),
+    pixel AUROC, AUPRO, and `score`, their mean (what is maximised)."""
+    q_local = map_quantiles(maps.good_local, quantiles)
+    local = [_normalise(maps.good_local, q_local), _normalise(maps.defect_local, q_local)]
+    if maps.good_global is None or maps.defect_global is None:
+        weights, glob = (1.0,), [torch.zeros_like(local[0]), torch.zeros_like(local[1])]
+    else:
+        q_global = map_quantiles(maps.good_global, quantiles)
+        glob = [_normalise(maps.good_global, q_global), _normalise(maps.defect_global, q_global)]
+    n_good, n_defect = len(maps.good_local), len(maps.defect_local)
+    labels = np.r_[np.zeros(n_good), np.ones(n_defect)]
+    masks = np.concatenate([np.zeros_like(maps.good_local, dtype=bool), maps.masks.numpy()])
+    table = {}
+    for w in weights:
+        fused = torch.cat([w * lo + (1 - w) * gl for lo, gl in zip(local, glob, strict=True)])
+        pixels = PixelMetrics()
+        for amap, mask in zip(fused.numpy(), masks, strict=True):
+            pixels.update(amap, mask)
+        px = pixels.compute()
+        row = {
+            "image_auroc": image_auroc(labels, fused.amax(dim=(1, 2)).numpy()),
+            "pixel_auroc": px["pixel_auroc"],
+            "aupro": px["aupro"],
+        }
+        row["score"] = float(np.mean(list(row.values())))
+        table[float(w)] = row
+    return table
+
+
+def best_weight(table: dict[float, dict[str, float]], prior: float = 0.5) -> float:
+    """The weight with the highest score; ties go to the one closest to `prior` (the paper's)."""
+    return max(table, key=lambda w: (round(table[w]["score"], 6), -abs(w - prior)))
+
+
+def f1_threshold(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
+    """The image threshold (anomalous: score > threshold) of best F1 on good vs synthetic defects,
+    the two classes weighted equally (there are more synthetic defects than held-out images)."""
+    good, defect = np.asarray(good_scores, float), np.asarray(defect_scores, float)
+    values = np.unique(np.r_[good, defect])
+    candidates = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1]]
+    weight = len(defect) / max(len(good), 1)  # each good image counts as `weight` images
+    best, best_f1 = float(candidates[0]), -1.0
+    for t in candidates:
+        tp = float((defect > t).sum())
+        fp = weight * float((good > t).sum())
+        fn = float((defect <= t).sum())
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1e-12)
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
