@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import atomic_path, save_pretrained, write_text_atomic
+from ulsad.checkpoint import atomic_path, round_to_storage, save_pretrained, write_text_atomic
 from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
@@ -317,6 +317,7 @@ def train(
         if callback is not None:
             callback(epoch + 1, epochs, train_loss, val_loss)
 
+    round_to_storage(model)  # as the checkpoint stores it: the threshold fits what loads
     scores = calibrate(model, val_cache, batch_size)
     model.eval()
     if out_dir is not None:
