@@ -787,7 +787,7 @@ QUICKSTART = [
     (scratches, dents, contamination) with its local branch and **logical** ones (a missing,
     extra or misplaced part) with its global branch. This notebook
     1. loads a checkpoint: one embedded in the package (`weights/`), or one published on the
-       Hugging Face Hub (downloaded with `hf_hub_download`);
+       Hugging Face Hub (downloaded once into the Hugging Face cache, pinned with `REVISION`);
     2. scores images and shows the anomaly maps;
     3. picks a threshold, and explains what each choice costs.
 
@@ -798,6 +798,7 @@ QUICKSTART = [
     code(
         """
         CHECKPOINT = "bottle"  # an embedded name, a checkpoint folder, or a Hub repo id "owner/name"
+        REVISION = None  # for a Hub repo: a branch, tag or commit to pin; None: the main branch
         IMAGES = None  # a folder or a list of image files; None: test images of a dataset category
         DATASET, CATEGORY = None, None  # that category; None: the checkpoint's own (weights/manifest.json)
         DATA_ROOT = None  # the dataset's root; None: ../../shared/data/<dataset> if present
@@ -823,8 +824,10 @@ QUICKSTART = [
     A checkpoint is a folder with `model.safetensors` (weights, feature statistics, map
     quantiles, default threshold) and `config.json`; it loads without pickle. `weights/manifest.json`
     lists the embedded checkpoints and the Hub repositories where published ones live.
-    `ULSAD.from_pretrained(name)` does all of the below by itself (folder, then embedded name, then
-    Hub); the cell spells it out to show where the files come from.
+    `ULSAD.from_pretrained(name)` tries a folder, then an embedded name, then a Hub repo id; from the
+    Hub it downloads `config.json` and `model.safetensors` with `huggingface_hub` into its cache
+    (`HF_HOME`), so that the next load works offline (`HF_HUB_OFFLINE=1`). The cell shows where
+    the files came from.
     """),
     code("""
     manifest = read_manifest()
@@ -833,21 +836,23 @@ QUICKSTART = [
         print(f"  {name}: {entry['title']} (Hub: {entry['hub_repo_id']})")
 
 
-    def load_checkpoint(name):
+    def load_checkpoint(name, revision=None):
         if Path(name).expanduser().is_dir() or name in available_checkpoints():
-            return ULSAD.from_pretrained(name)  # a local folder or an embedded checkpoint
-        from huggingface_hub import hf_hub_download
+            print(f"{name}: local or embedded files")
+            return ULSAD.from_pretrained(name)
+        from huggingface_hub import try_to_load_from_cache
 
         entry = manifest["checkpoints"].get(name)
         repo_id = entry["hub_repo_id"] if entry else name
-        folder = Path(hf_hub_download(repo_id, "config.json")).parent
-        hf_hub_download(repo_id, "model.safetensors")  # same snapshot folder, cached for next time
-        return ULSAD.from_pretrained(folder)
+        loaded = ULSAD.from_pretrained(repo_id, revision=revision)  # downloads once, then cached
+        cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
+        print(f"{name}: Hub repo {repo_id} at {revision or 'main'}, cached in {Path(cached).parent}")
+        return loaded
 
 
     entry = manifest["checkpoints"].get(CHECKPOINT, {})
     try:
-        model = load_checkpoint(CHECKPOINT)
+        model = load_checkpoint(CHECKPOINT, REVISION)
         source = CHECKPOINT
     except Exception as error:  # no embedded copy, and the Hub is unreachable (offline, CI)
         if not SMOKE:
