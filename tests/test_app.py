@@ -341,6 +341,44 @@ def test_manifest_drives_the_default_checkpoint_dropdown_and_examples(
     )
 
 
+def test_app_loads_checkpoints_from_the_hub(
+    app_module, served, hub, model, trained_checkpoint, test_images, tmp_path_factory, monkeypatch
+):
+    """A manifest entry that is not installed comes from its Hub repo; the text box takes any
+    Hub id (the local Hub server of tests/hub_server.py)."""
+    files = {n: (trained_checkpoint / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    hub.commit("acme/synthetic", files)
+    image = test_images["defect"][0]
+    expected = model.predict(image).score
+    api = client(served, tmp_path_factory)
+    score = api.predict(handle_file(image), custom_checkpoint="acme/synthetic", api_name="/inspect")
+    assert score[0] == pytest.approx(expected, abs=1e-5)
+
+    weights = tmp_path_factory.mktemp("weights")
+    entry = {"path": "remote", "title": "Remote", "hub_repo_id": "acme/synthetic"}
+    (weights / "manifest.json").write_text(
+        json.dumps({"default": "remote", "checkpoints": {"remote": entry}})
+    )
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
+    assert au.checkpoint_choices() == ([("Remote (from the Hub)", "remote")], "remote")
+    demo = serve(app_module)
+    try:
+        score = client(demo, tmp_path_factory).predict(handle_file(image), api_name="/inspect")[0]
+    finally:
+        demo.close()
+    assert score == pytest.approx(expected, abs=1e-5)
+    assert [p for m, p in hub.requests if p == "/acme/synthetic/resolve/main/model.safetensors"]
+
+    fitted = tmp_path_factory.mktemp("fitted")  # the app pushes a fitted folder with its card
+    for name in ("config.json", "model.safetensors", "training.json"):
+        (fitted / name).write_bytes((trained_checkpoint / name).read_bytes())
+    status = app_module.push("me/app-push", "", True, au.Session(fitted=fitted))
+    assert status.startswith("Pushed to ") and hub.repos["me/app-push"].private
+    pushed = hub.repos["me/app-push"].commits[status.rsplit("/", 1)[-1]]
+    assert sorted(pushed) == ["README.md", "config.json", "model.safetensors", "training.json"]
+    assert ULSAD.from_pretrained("me/app-push").predict(image).score == pytest.approx(expected)
+
+
 def test_push_needs_a_fitted_model_and_reports_the_hub_error(app_module, trained_checkpoint):
     with pytest.raises(gr.Error, match="Fit a model first"):
         app_module.push("me/ulsad-test", "", True, au.Session())

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from ulsad.cli import main
@@ -65,6 +66,15 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     assert (tmp_path / "ckpt" / "model.safetensors").exists()
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["backbone"] == "tf_efficientnet_lite0" and config["lr_milestones"] == [1]
+    # The model card records the exact command and the Hub metadata.
+    card = (tmp_path / "ckpt" / "README.md").read_text()
+    command = f"ulsad train --data {root} --category tiny --preset lite --epochs 1 --batch-size 4"
+    assert f"{command} --out {tmp_path / 'ckpt'}" in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "ulsad" and meta["datasets"] == ["mvtec_ad"]
+    assert meta["license"] == "cc-by-nc-sa-4.0" and "ulsad-lite" in meta["tags"]
+    training = json.loads((tmp_path / "ckpt" / "training.json").read_text())
+    assert training["command"].startswith("ulsad train") and training["category"] == "tiny"
 
 
 @pytest.fixture

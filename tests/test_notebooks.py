@@ -162,6 +162,9 @@ def check_efficiency(s):
         if r.get("peak_rss_MiB") is not None:  # smoke mode measures the lite preset only
             assert r["peak_rss_MiB"] > r["rss_after_import_MiB"] > 0
     assert paper["checkpoint_fp32_MiB"] > 10 * lite["checkpoint_fp32_MiB"]
+    # Compact default for lite (backbone by hash, FeatAE fp16); the paper preset stays full fp32.
+    assert lite["checkpoint_default_MiB"] < 0.5 * lite["checkpoint_fp32_MiB"]
+    assert paper["checkpoint_default_MiB"] == pytest.approx(paper["checkpoint_fp32_MiB"], rel=1e-3)
     assert lite.get("peak_gpu_MiB" if s["device"] == "cuda" else "peak_rss_MiB") is not None
     assert s["matmul_gflops"] > 0
     benchmarks = REPO / "benchmarks"
@@ -220,3 +223,37 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env):
     assert not [o for o in outputs if o.output_type == "error"]
     figures = [o for o in outputs if PLOTLY in o.get("data", {})]
     assert len(figures) >= n_figures
+
+
+@pytest.mark.slow
+def test_quickstart_loads_a_checkpoint_from_the_hub(
+    hub, trained_checkpoint, smoke_env, monkeypatch
+):
+    """The quickstart, given a Hub repo id and a pinned revision, loads it from the Hub (the local
+    server of tests/hub_server.py; the kernel inherits HF_ENDPOINT and the fresh cache)."""
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # smoke_env turned it on; the Hub is local
+    files = {n: (trained_checkpoint / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    pinned = hub.commit("acme/quickstart", files)
+    hub.commit("acme/quickstart", {"README.md": b"# a later commit\n"})
+    nb = read(NOTEBOOK_DIR / "00_quickstart.ipynb")
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert 'CHECKPOINT = "bottle"' in params.source and "REVISION = None" in params.source
+    params.source = params.source.replace('CHECKPOINT = "bottle"', 'CHECKPOINT = "acme/quickstart"')
+    params.source = params.source.replace("REVISION = None", f"REVISION = {pinned!r}")
+    nb.cells.append(
+        nbformat.v4.new_code_cell("print(source, model.threshold.item(), summary['images'])")
+    )
+    NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    ).execute()
+    printed = nb.cells[-1].outputs[-1]["text"].split()
+    expected = json.loads((trained_checkpoint / "training.json").read_text())["threshold"]
+    assert printed[0] == "acme/quickstart"
+    assert float(printed[1]) == pytest.approx(expected, rel=1e-6)
+    downloads = [p for _, p in hub.requests if "/acme/quickstart/resolve/" in p]
+    assert downloads and all(f"/resolve/{pinned}/" in p for p in downloads)

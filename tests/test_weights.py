@@ -26,7 +26,8 @@ def test_manifest_lists_embedded_checkpoints_with_cards():
     assert set(available_checkpoints()) == set(LEVELS)
     for name, entry in manifest["checkpoints"].items():
         folder = WEIGHTS_DIR / entry["path"]
-        assert (folder / "model.safetensors").stat().st_size < 25e6
+        assert (folder / "model.safetensors").stat().st_size < 10e6  # Spaces: plain git files
+        assert "backbone_weights" in json.loads((folder / "config.json").read_text())  # compact
         assert "ulsad train" in (folder / "README.md").read_text()
         assert entry["hub_repo_id"].count("/") == 1
         config = json.loads((folder / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""Command line: `ulsad train | predict | eval | benchmark | export`.
+"""Command line: `ulsad train | predict | eval | push | resave | benchmark | export`.
 
 User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
 """
@@ -9,6 +9,7 @@ import argparse
 import csv
 import io
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         resume=not args.restart,
     )
+    from ulsad.card import record_run, write_model_card
+
+    command = shlex.join(["ulsad", *args.argv])
+    record_run(args.out, command=command, dataset=args.dataset, category=args.category)
+    write_model_card(args.out)
     print(f"Saved checkpoint to {args.out} (threshold {float(model.threshold):.4f}).")
     return 0
 
@@ -136,10 +142,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.out and Path(args.checkpoint).is_dir():
         out = Path(args.checkpoint) / out
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    folder = Path(args.checkpoint)
+    if out.parent.resolve() == folder.resolve() and (folder / "README.md").is_file():
+        from ulsad.card import write_model_card
+
+        write_model_card(folder)  # the card's model-index now has these metrics
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"):
         if key in results:
             print(f"{key:>13}: {results[key]:.4f}")
     print(f"Wrote {out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from ulsad.checkpoint import push_folder
+
+    url = push_folder(
+        args.checkpoint, args.repo, token=args.token, private=args.private, license=args.license
+    )
+    print(f"Pushed {args.checkpoint} to {url}")
+    print(f"Load it with ULSAD.from_pretrained({args.repo!r}, revision={url.rsplit('/', 1)[-1]!r})")
+    return 0
+
+
+def cmd_resave(args: argparse.Namespace) -> int:
+    import torch
+
+    from ulsad.checkpoint import WEIGHTS_NAME, resave
+
+    storage = {"dtype": torch.float32, "store_backbone": True} if args.full else {}
+    out = resave(args.checkpoint, args.out, **storage)
+    size = (out / WEIGHTS_NAME).stat().st_size
+    print(f"Wrote {out / WEIGHTS_NAME} ({size / 1e6:.1f} MB)")
     return 0
 
 
@@ -187,6 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("push", help="upload a checkpoint folder and its model card to the Hub")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--repo", required=True, help="Hub repo id owner/name (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--license", help="model card licence (default: the training data's)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("resave", help="re-write a checkpoint in the compact format")
+    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
+    p.add_argument("--out", help="folder to write (default: --checkpoint itself)")
+    p.add_argument("--full", action="store_true",
+                   help="float32 with the backbone copied (the format of ulsad 0.1)")  # fmt: skip
+    p.set_defaults(func=cmd_resave)
     from ulsad.benchmark import add_parsers  # the `benchmark` and `download` subcommands
 
     add_parsers(sub)
@@ -198,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `ulsad train` records its exact command in the model card
     try:
         return args.func(args)
     except ULSADError as error:

@@ -307,23 +307,27 @@ class ULSAD(nn.Module):
 
         return train(self, data, category=category, **kwargs)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `model.safetensors` + `config.json` (self-contained, atomic)."""
+    def save_pretrained(self, directory: str | Path, **storage: Any) -> Path:
+        """Write `model.safetensors` + `config.json` (atomic; compact for `lite` backbones:
+        `dtype`, `store_backbone`, see `ulsad.checkpoint.save_pretrained`)."""
         from ulsad.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, **storage)
 
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | Path, revision: str | None = None, **kwargs: Any
     ) -> ULSAD:
-        """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo."""
+        """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo
+        (`owner/name`; `revision`: branch, tag or commit; also `device`, `cache_dir`, `token`,
+        `force_download`, `local_files_only`; HF_HUB_OFFLINE=1 reads the cache only)."""
         from ulsad.checkpoint import load_pretrained
 
         return load_pretrained(path_or_repo_id, revision=revision, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload the checkpoint to the Hugging Face Hub; returns the commit URL."""
+        """Upload the checkpoint and a model card to the Hugging Face Hub (`token`, `private`);
+        returns the commit URL."""
         from ulsad.checkpoint import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import atomic_path, save_pretrained, write_text_atomic
+from ulsad.checkpoint import atomic_path, round_to_storage, save_pretrained, write_text_atomic
 from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
@@ -396,6 +396,7 @@ def train(
             "local_weight": best["local_weight"],
             "fusion_table": json.loads(best["table"]),
         }
+    round_to_storage(model)  # as the checkpoint stores it: the threshold fits what loads
     scores = calibrate(model, val_cache, batch_size, synthetic.cache if synthetic else None)
     model.eval()
     if out_dir is not None:

@@ -1,0 +1,194 @@
+"""Model cards: the `README.md` of a checkpoint folder, with the Hub metadata (library, licence,
+tags, datasets, `model-index` metrics) in its front matter and the training command in its body.
+
+The metadata is rebuilt from the folder's own records: `config.json`, `training.json` (the run:
+command, dataset, category, held-out images) and `eval*.json` (`ulsad eval` results). A card
+written by hand keeps its text; only its front matter is brought up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ulsad.checkpoint import CARD_NAME, CONFIG_NAME, write_text_atomic
+from ulsad.errors import ULSADError
+
+log = logging.getLogger(__name__)
+
+TRAINING_NAME = "training.json"
+GENERATED = "<!-- ulsad model card: generated from config.json, training.json and eval*.json -->"
+DATASETS = {  # on-disk layout -> (name, licence of the images: a model trained on them inherits it)
+    "mvtec_ad": ("MVTec AD", "cc-by-nc-sa-4.0"),
+    "mvtec_loco": ("MVTec LOCO AD", "cc-by-nc-sa-4.0"),
+    "mpdd": ("MPDD", "cc-by-nc-sa-4.0"),
+    "visa": ("VisA", "cc-by-4.0"),
+    "btad": ("BTAD", "other"),
+    "folder": ("own images", "other"),
+}
+METRICS = {  # eval.json key -> name shown on the Hub
+    "image_auroc": "Image AUROC",
+    "pixel_auroc": "Pixel AUROC",
+    "aupro": "AUPRO (FPR <= 0.3)",
+    "image_f1_max": "Image F1-max",
+    "pixel_f1_max": "Pixel F1-max",
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ULSADError(f"{path} could not be read as JSON ({error}).") from error
+    return value if isinstance(value, dict) else {}
+
+
+def record_run(directory: str | Path, **fields: Any) -> Path:
+    """Add `fields` (e.g. command, dataset, category) to the folder's training.json, atomically."""
+    path = Path(directory) / TRAINING_NAME
+    record = _read_json(path) if path.is_file() else {}
+    record.update({k: v for k, v in fields.items() if v is not None})
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def card_metadata(directory: str | Path, license: str | None = None) -> dict[str, Any]:
+    """The Hub metadata of the checkpoint in `directory` (a plain dict, YAML-ready)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    directory = Path(directory)
+    config = _read_json(directory / CONFIG_NAME)
+    training = (
+        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
+    )
+    evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
+    dataset = training.get("dataset") or next((e["dataset"] for e in evals if "dataset" in e), None)
+    category = training.get("category") or next(
+        (e["category"] for e in evals if "category" in e), None
+    )
+    name, data_license = DATASETS.get(str(dataset), (dataset, "other"))
+    results = []
+    for record in evals:
+        label = DATASETS.get(str(record.get("dataset")), (record.get("dataset"),))[0]
+        for key, metric_name in METRICS.items():
+            if isinstance(record.get(key), int | float):
+                results.append(
+                    EvalResult(
+                        task_type="anomaly-detection",
+                        task_name="Anomaly detection",
+                        dataset_type=str(record.get("dataset")),
+                        dataset_name=f"{label} ({record.get('category')})",
+                        dataset_split="test",
+                        metric_type=key,
+                        metric_name=metric_name,
+                        metric_value=round(float(record[key]), 4),
+                    )
+                )
+    preset = config.get("preset", "custom")
+    tags = ["anomaly-detection", "industrial-inspection", "ulsad", f"ulsad-{preset}"]
+    if dataset:
+        tags.append(str(dataset).replace("_", "-"))
+    model_name = f"ULSAD {preset}" + (f" {name} {category}" if category else "")
+    data = ModelCardData(
+        library_name="ulsad",
+        license=license or (data_license if dataset else "other"),
+        tags=tags,
+        datasets=[str(dataset)] if dataset and dataset != "folder" else None,
+        metrics=sorted({r.metric_type for r in results}) or None,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    return data.to_dict()
+
+
+def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str:
+    """The text of a generated card: what the model is, the command, the measured metrics."""
+    config = _read_json(directory / CONFIG_NAME)
+    training = (
+        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
+    )
+    command = training.get("command")
+    lines = [
+        GENERATED,
+        "",
+        f"# {metadata.get('model_name', 'ULSAD')}",
+        "",
+        f"[ULSAD](https://github.com/ulsad-project/ulsad) anomaly detector, `{config.get('preset')}` "
+        f"preset (backbone `{config.get('backbone')}`, C={config.get('channels')}, FeatAE width "
+        f"{config.get('featae_width')}, global AE width {config.get('global_width')}, "
+        f"{config.get('image_size')} px), trained on good images only.",
+        "",
+        "```python",
+        "from ulsad import ULSAD",
+        f'model = ULSAD.from_pretrained("{repo_id or "owner/name"}")  # revision="..." pins a commit',
+        'prediction = model.predict("image.png")  # .score, .anomaly_map, .is_anomalous',
+        "```",
+        "",
+        "## Training command",
+        "",
+        "```bash",
+        command or "(not recorded: trained through the Python API)",
+        "```",
+        "",
+    ]
+    if "n_train" in training:
+        lines += [
+            f"{training['n_train']} training images, {training.get('n_heldout')} held out for the "
+            f"map quantiles and the default threshold ({training.get('threshold', float('nan')):.4f}"
+            f"), {training.get('epochs')} epochs, on {training.get('device')}.",
+            "",
+        ]
+    results = [
+        r for m in metadata.get("model-index", []) for r in m.get("results", [])
+    ]  # one entry per dataset
+    if results:
+        lines += ["## Test metrics", "", "| dataset | metric | value |", "|---|---|---|"]
+        for result in results:
+            for metric in result.get("metrics", []):
+                lines.append(
+                    f"| {result['dataset']['name']} | {metric.get('name', metric['type'])} | "
+                    f"{metric['value']:.4f} |"
+                )
+        lines.append("")
+    lines += [
+        "## Licence",
+        "",
+        f"`{metadata.get('license')}`: a model inherits the terms of the images it was trained on.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(
+    directory: str | Path, license: str | None = None, repo_id: str | None = None
+) -> Path:
+    """Write or refresh `directory/README.md` (atomically) and return its path.
+
+    A card that ulsad generated is regenerated; a hand-written one keeps its text and gets fresh
+    metadata (its own licence is kept unless `license` is given).
+    """
+    from huggingface_hub import ModelCard
+
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file():
+        raise ULSADError(f"{directory} is not an ULSAD checkpoint: {CONFIG_NAME} is missing.")
+    path = directory / CARD_NAME
+    existing = ModelCard(path.read_text(encoding="utf-8")) if path.is_file() else None
+    handwritten = existing is not None and GENERATED not in existing.text
+    if handwritten and license is None:
+        license = existing.data.to_dict().get("license")
+    metadata = card_metadata(directory, license=license)
+    if handwritten:
+        extra = {k: v for k, v in existing.data.to_dict().items() if k not in metadata}
+        metadata = {**extra, **metadata}
+        text = existing.text
+    else:
+        text = "\n" + _body(directory, metadata, repo_id)
+    import yaml  # a dependency of huggingface_hub
+
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    write_text_atomic(path, f"---\n{front}---\n{text}")
+    log.info("wrote %s", path)
+    return path
