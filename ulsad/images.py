@@ -4,6 +4,7 @@ and turning them into the model's input tensor. Training and inference share `to
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from ulsad.errors import ULSADError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 256_000_000  # refuse larger images rather than risk running out of memory
+# Pillow's own decompression-bomb guard refuses ~179 Mpx (twice its default limit), below ulsad's
+# documented (and clearer) MAX_PIXELS refusal: raise it to MAX_PIXELS for every caller.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused below
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -49,12 +54,18 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(source: Any) -> Image.Image:
+def load_image(
+    source: Any, max_pixels: int | None = None, reduce_to: int | None = None
+) -> Image.Image:
     """Any supported input -> an RGB PIL image, upright, 8 bits per channel.
 
     Accepts a path, raw bytes, a PIL image, a numpy array (HxW, HxWxC or CxHxW; uint8, uint16 or
-    float in [0, 1]) or a tensor of the same layouts.
+    float in [0, 1]) or a tensor of the same layouts. Files of more than `max_pixels` (default
+    MAX_PIXELS) are refused
+    before they are decoded; `reduce_to`: JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale
+    whose long side stays at least `reduce_to` (less memory; the pixel limit applies after it).
     """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(source, Tensor):
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
@@ -70,21 +81,31 @@ def load_image(source: Any) -> Image.Image:
         name, opener = "uploaded image", lambda: Image.open(io.BytesIO(source))
     else:
         raise ULSADError(f"Cannot read an image from a {type(source).__name__}.")
+
+    def too_large(width: int, height: int) -> ULSADError:
+        return ULSADError(
+            f"{name} is {width}x{height} pixels, more than the {max_pixels:,} this tool reads: "
+            "downscale it first."
+        )
+
     try:
         with opener() as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ULSADError(
-                    f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} "
-                    "this tool reads: downscale it first."
-                )
+            if reduce_to is not None and image.format == "JPEG":
+                image.draft(image.mode, (reduce_to, reduce_to))
+            if image.width * image.height > max_pixels:
+                raise too_large(image.width, image.height)
             image.load()
             return _to_rgb(image)
+    except Image.DecompressionBombError:  # more than twice Image.MAX_IMAGE_PIXELS
+        raise ULSADError(
+            f"{name} has more than {max_pixels:,} pixels, the most this tool reads: downscale it "
+            "first."
+        ) from None
     except (
         UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombError,
     ) as error:
         if isinstance(error, ULSADError):
             raise

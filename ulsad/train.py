@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import atomic_path, save_pretrained, write_text_atomic
+from ulsad.checkpoint import (
+    atomic_path,
+    remove_stale_temporaries,
+    save_pretrained,
+    write_text_atomic,
+)
 from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
@@ -236,8 +241,15 @@ def train(
     cfg = model.config
     epochs = cfg.epochs if epochs is None else epochs
     batch_size = cfg.batch_size if batch_size is None else batch_size
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 2),
+                             ("save_every", save_every, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ULSADError(f"{name} must be an integer >= {low}, got {value!r}.")
     device = resolve_device(device)
     model.to(device)
+    if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
+        remove_stale_temporaries(out_dir, [STATE_NAME, "training.json", "model.safetensors",
+                                           "config.json"])  # fmt: skip
 
     train_items, val_items = good_training_images(data, category, dataset)
     if not val_items:
