@@ -4,6 +4,7 @@ and turning them into the model's input tensor. Training and inference share `to
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def load_image(
     float in [0, 1]) or a tensor of the same layouts. Files of more than `max_pixels` (default
     MAX_PIXELS) are refused
     before they are decoded; `reduce_to`: JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale
-    whose long side stays at least `reduce_to` (less memory; the pixel limit applies after it).
+    whose long side stays at least `reduce_to` (less memory); `max_pixels` then applies to the
+    reduced size, and the larger of it and MAX_PIXELS to the file's own.
     """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(source, Tensor):
@@ -82,18 +84,23 @@ def load_image(
     else:
         raise ULSADError(f"Cannot read an image from a {type(source).__name__}.")
 
-    def too_large(width: int, height: int) -> ULSADError:
+    def too_large(width: int, height: int, limit: int) -> ULSADError:
         return ULSADError(
-            f"{name} is {width}x{height} pixels, more than the {max_pixels:,} this tool reads: "
+            f"{name} is {width}x{height} pixels, more than the {limit:,} this tool reads: "
             "downscale it first."
         )
 
     try:
         with opener() as image:
-            if reduce_to is not None and image.format == "JPEG":
-                image.draft(image.mode, (reduce_to, reduce_to))
+            width, height = image.size
+            file_limit = max(max_pixels, MAX_PIXELS) if reduce_to else max_pixels
+            if width * height > file_limit:
+                raise too_large(width, height, file_limit)
+            if reduce_to is not None and image.format == "JPEG" and max(width, height) > reduce_to:
+                scale = reduce_to / max(width, height)
+                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
             if image.width * image.height > max_pixels:
-                raise too_large(image.width, image.height)
+                raise too_large(width, height, max_pixels)
             image.load()
             return _to_rgb(image)
     except Image.DecompressionBombError:  # more than twice Image.MAX_IMAGE_PIXELS
