@@ -203,7 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if args.save_maps:
                 target = out / "maps" / rel
                 with atomic_path(target.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
-                    np.save(f, prediction.anomaly_map.astype(np.float32))
+                    np.save(f, np.asarray(prediction.anomaly_map, dtype=np.float32))
                 with atomic_path(target.with_suffix(".png")) as tmp:
                     overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
             del image, prediction

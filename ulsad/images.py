@@ -24,8 +24,13 @@ Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused below
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
+def _to_rgb(image: Image.Image, owned: bool = False) -> Image.Image:
+    """Upright RGB. `owned`: `image` was decoded here, so it may be changed in place (no copies:
+    a large upload then needs its decoded size once, not three times)."""
+    if owned and image.getexif().get(ImageOps.ExifTags.Base.Orientation, 1) == 1:
+        pass  # upright already
+    else:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit greyscale
         values = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if values.max(initial=0) > 255 else 255.0
@@ -34,7 +39,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    return image if owned and image.mode == "RGB" else image.convert("RGB")
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -102,7 +107,7 @@ def load_image(
             if image.width * image.height > max_pixels:
                 raise too_large(width, height, max_pixels)
             image.load()
-            return _to_rgb(image)
+            return _to_rgb(image, owned=True)
     except Image.DecompressionBombError:  # more than twice Image.MAX_IMAGE_PIXELS
         raise ULSADError(
             f"{name} has more than {max_pixels:,} pixels, the most this tool reads: downscale it "
