@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted((WEIGHTS_DIR / "bottle" / "examples").glob("*.png"))
     if not images:
         parser.error(f"no example images under {WEIGHTS_DIR / 'bottle' / 'examples'}")
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     process = start_app(port, args.threads)
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_rss_idle_mb": idle_rss,
         "server_rss_max_sampled_mb": max(rss_samples, default=None),
         "server_peak_rss_mb": peak,
-        "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "load_average_start": load_start},
     }
     print(
         f"{args.clients} clients, {wall_s:.0f} s: {len(latencies)} ok, {len(errors)} errors; "
