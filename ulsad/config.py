@@ -64,13 +64,25 @@ class ULSADConfig:
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        _validate(self)  # lists (from JSON) become tuples where the field is a tuple
-        if self.image_size % 64:
+        _validate(self)  # every field's type and range (lists from JSON become tuples)
+        self.layers = tuple(self.layers)
+        self.quantiles = tuple(self.quantiles)
+        self.lr_milestones = tuple(self.lr_milestones)
+        if self.image_size % 64 or self.image_size < 128:
             raise ULSADError(f"image_size must be a multiple of 64, >= 128, got {self.image_size}.")
+        if len(self.layers) != 2:
+            raise ULSADError(
+                f"layers must name two feature maps (stride 8, 16), got {self.layers}."
+            )
         if self.featae_width % 4:
             raise ULSADError(f"featae_width must be divisible by 4, got {self.featae_width}.")
-        if self.quantiles[0] >= self.quantiles[1]:
-            raise ULSADError(f"quantiles must be increasing, got {self.quantiles}.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ULSADError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.augment_copies < 0 or not 0.0 <= self.augment_rotation <= 180.0:
+            raise ULSADError(
+                "augment_copies must be >= 0 and augment_rotation in [0, 180] degrees, got "
+                f"{self.augment_copies} and {self.augment_rotation}."
+            )
         if self.attention_loss and not self.global_branch:
             raise ULSADError(
                 "attention_loss needs global_branch=True (it trains the global branch)."
@@ -126,6 +138,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "augment_rotation": (0.0, 180.0, True, True),
 }
 LENGTHS = {"layers": 2}  # tuple fields of a fixed length not given by their annotation
+INCREASING = {"quantiles"}  # tuple fields whose values must increase
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -205,6 +218,8 @@ def _validate(config: ULSADConfig) -> None:
                 hi = "inf" if high is None else high
                 span = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
                 raise ULSADError(f"Config field {f.name} must be in {span}, got {value!r}.")
+        if f.name in INCREASING and list(values) != sorted(set(values)):
+            raise ULSADError(f"Config field {f.name} must be increasing, got {value!r}.")
 
 
 PRESETS: dict[str, ULSADConfig] = {
