@@ -209,7 +209,7 @@ CLI_CASES = [
     ("predict-not-an-image-file", "predict --checkpoint {ckpt} --out {base}/p {base}/notes.txt",
      "is not an image file", True),
     ("predict-relative-missing-checkpoint", "predict --checkpoint runs/nothing --out {base}/p "
-     "{image}", "there is no folder 'runs/nothing'", False),
+     "{image}", "'runs/nothing' not found: no such folder, and the Hub repo", False),
     ("predict-missing-checkpoint", "predict --checkpoint {base}/no-ckpt --out {base}/p {image}",
      "not found", False),
     ("predict-checkpoint-is-a-file", "predict --checkpoint {file} --out {base}/p {image}",

@@ -140,7 +140,10 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None, local: bool = Tr
     if entry is not None and (WEIGHTS_DIR / entry["path"] / WEIGHTS_NAME).is_file():
         return WEIGHTS_DIR / entry["path"]
     repo_id = entry["hub_repo_id"] if entry is not None else spec
-    here = f" (and there is no folder {spec!r} either)" if local and entry is None else ""
+    # A local spec that is not a folder may be a mistyped path as well as a Hub id: say both.
+    no_folder = (
+        f"Checkpoint {spec!r} not found: no such folder, and " if local and not entry else ""
+    )
     if not is_hub_repo_id(repo_id):
         folder = "not a folder, " if local else ""
         raise ULSADError(
@@ -162,16 +165,20 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None, local: bool = Tr
             for name in (CONFIG_NAME, WEIGHTS_NAME)
         ]
     except RepositoryNotFoundError as error:
-        raise ULSADError(
-            f"Hub repo {repo_id!r} does not exist (or is private: log in){here}."
-        ) from error
+        hub = f"no Hub repo {repo_id!r}" if no_folder else f"Hub repo {repo_id!r} does not exist"
+        raise ULSADError(f"{no_folder}{hub} (or it is private: log in).") from error
     except RevisionNotFoundError as error:
         raise ULSADError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from error
     except LocalEntryNotFoundError as error:
+        if no_folder:
+            raise ULSADError(
+                f"{no_folder}the Hub repo {repo_id!r} could not be downloaded (nor found in the "
+                "local cache): check the path, or your connection (or HF_HUB_OFFLINE)."
+            ) from error
         hint = ", or pass a local checkpoint folder" if local else ""
         raise ULSADError(
             f"Could not download {repo_id!r} from the Hugging Face Hub and it is not in the local "
-            f"cache{here}: check your connection (or HF_HUB_OFFLINE){hint}."
+            f"cache: check your connection (or HF_HUB_OFFLINE){hint}."
         ) from error
     except EntryNotFoundError as error:
         raise ULSADError(

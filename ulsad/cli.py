@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ulsad.errors import ULSADError
@@ -28,7 +29,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def int_at_least(low: int) -> argparse._ActionsContainer:
+def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse `type=`: an integer >= `low`."""
 
     def parse(text: str) -> int:
