@@ -35,6 +35,8 @@ THEME = gr.themes.Soft(
 CSS = ".verdict textarea {font-size: 1.05em; font-weight: 600} .credits {font-size: 0.8em}"
 PROGRESS = gr.Progress()  # gradio finds progress bars by this default value
 LAUNCH_KWARGS: dict[str, Any] = {"theme": THEME, "css": CSS, "max_file_size": "200mb"}
+# Every 10 min, delete uploads and outputs in gradio's cache older than 1 h (else kept for ever).
+DELETE_CACHE = (600, 3600)
 
 INTRO = """# ULSAD: find what is wrong in an image
 Unsupervised anomaly detection trained on **good images only**. The *local* branch sees structural
@@ -47,6 +49,11 @@ def escape(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def shown(message: str) -> str:
+    """A message as the app shows it: no server paths, no markup."""
+    return escape(au.scrub_paths(message))
+
+
 def friendly(fn):
     """Show every failure as a readable message (never a trace); the app keeps serving."""
 
@@ -57,28 +64,36 @@ def friendly(fn):
         except gr.Error:
             raise
         except ULSADError as error:
-            raise gr.Error(escape(str(error)), print_exception=False) from None
+            raise gr.Error(shown(str(error)), print_exception=False) from None
         except (MemoryError, RuntimeError) as error:
             if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
                 raise gr.Error("Out of memory: try a smaller image or fewer images.") from None
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(escape(f"Unexpected error: {error}")) from None
+            raise gr.Error(shown(f"Unexpected error: {error}")) from None
         except Exception as error:
             log.exception("unexpected error in %s", fn.__name__)
             message = f"Unexpected error ({type(error).__name__}: {error})."
-            raise gr.Error(escape(message)) from None
+            raise gr.Error(shown(message)) from None
 
     return wrapper
 
 
 def resolve_model(checkpoint: str | None, custom: str | None, session: au.Session):
-    """The chosen model: the free-text Hub id / folder if given, else the dropdown's choice."""
-    spec = (custom or "").strip() or (checkpoint or "")
+    """The chosen model: the free-text Hub id if given, else the dropdown's choice.
+
+    Accepted: the dropdown's entries, the session's fitted model, embedded names and Hub repo ids;
+    local folders only with ULSAD_APP_LOCAL_CHECKPOINTS=1 (`au.checkpoint_source`)."""
+    spec = (custom or "").strip() or str(checkpoint or "").strip()
     if spec == au.FITTED:
-        if session.fitted is None:
-            raise ULSADError("No model fitted in this session yet: use the 'Fit your own' tab.")
-        spec = str(session.fitted)
-    return CACHE.get(spec)
+        if session.fitted is None or not session.fitted.is_dir():
+            raise ULSADError(
+                "No model fitted in this session yet (or it expired after "
+                f"{au.SESSION_TTL_S // 3600} h unused): use the 'Fit your own' tab."
+            )
+        session.touch()
+        return CACHE.get(str(session.fitted))
+    source = au.checkpoint_source(spec, [value for _, value in session.choices])
+    return CACHE.get(spec, local=source != "hub")
 
 
 def slider_update(threshold: float | None) -> dict:
@@ -104,7 +119,11 @@ def inspect(image, checkpoint, threshold, custom_checkpoint, session):
     loaded, notice = au.load_upload(path, name)
     if notice:
         gr.Info(escape(notice))
-    threshold = au.model_threshold(model) if threshold is None else float(threshold)
+    threshold = (
+        au.model_threshold(model)
+        if threshold is None
+        else au.number(threshold, "Threshold", -1e6, 1e6)
+    )
     result = au.inspect_image(model, loaded, threshold)
     text = result.verdict + (f" ({notice})" if notice else "")
     return result.score, result.overlay, result.local_map, result.global_map, text, result.figure
@@ -121,9 +140,15 @@ def inspect_again(image, checkpoint, threshold, custom_checkpoint, session):
 def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, progress=PROGRESS):
     """Many images (or zips) -> table sorted by score, histogram, worst overlays, CSV."""
     model = resolve_model(checkpoint, custom_checkpoint, session)
-    threshold = au.model_threshold(model) if threshold is None else float(threshold)
+    threshold = (
+        au.model_threshold(model)
+        if threshold is None
+        else au.number(threshold, "Threshold", -1e6, 1e6)
+    )
     with tempfile.TemporaryDirectory(dir=session.workdir) as unpacked:
-        images, skipped = au.collect_images(files, unpacked, au.MAX_BATCH_IMAGES)
+        images, skipped = au.collect_images(
+            files, unpacked, au.MAX_BATCH_IMAGES, au.MAX_UNPACKED_BYTES
+        )
         if not images:
             raise ULSADError("No images found: upload PNG, JPEG, BMP or TIFF files, or a zip.")
         progress(0, desc="Scoring")
@@ -131,10 +156,10 @@ def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, pro
             model,
             images,
             threshold,
-            min(max(int(worst_n or 0), 0), 24),
+            au.number(worst_n or 0, "worst_n", 0, 24, integer=True),
             progress=lambda done, total: progress((done, total), desc="Scoring", unit="images"),
         )
-    problems = [f"{name}: not an image" for name in skipped] + result.failed
+    problems = skipped + result.failed
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         gr.Warning(escape(f"Skipped {len(problems)} file(s): {'; '.join(problems[:5])}{more}"))
@@ -160,12 +185,16 @@ def fit(files, epochs, augment, session, progress=PROGRESS):
     out_dir = session.workdir / f"fitted-{stamp}"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=session.workdir) as unpacked:
-        images, skipped = au.collect_images(files, unpacked, au.FIT_MAX_IMAGES)
+        images, skipped = au.collect_images(
+            files, unpacked, au.FIT_MAX_IMAGES, au.MAX_UNPACKED_BYTES
+        )
         if skipped:
-            gr.Warning(escape(f"Skipped {len(skipped)} non-image file(s): {skipped[:5]}"))
+            more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+            gr.Warning(shown(f"Skipped {len(skipped)} file(s): {'; '.join(skipped[:5])}{more}"))
         progress(0, desc=f"Reading {len(images)} images, computing backbone features")
 
         def on_epoch(epoch: int, total: int, train_loss: float, val_loss: float) -> None:
+            session.touch()  # a long fit keeps its session folder alive
             desc = f"Epoch {epoch}/{total}: loss {train_loss:.3f}, held-out loss {val_loss:.3f}"
             progress((epoch, total), desc=desc, unit="epochs")
 
@@ -173,7 +202,7 @@ def fit(files, epochs, augment, session, progress=PROGRESS):
             model = au.fit_lite(
                 images,
                 out_dir,
-                int(epochs),
+                au.number(epochs, "Epochs", 1, 200, integer=True),
                 callback=on_epoch,
                 should_stop=lambda: session.stop,
                 augment=bool(augment),
@@ -231,25 +260,26 @@ def build_demo(
     if choices is None:
         choices, default = au.checkpoint_choices()
     default = default or (choices[0][1] if choices else None)
-    threshold, info = None, "No embedded checkpoint: type a Hub repo id or a folder."
+    threshold, info = None, "No embedded checkpoint: type a Hub repo id (owner/name)."
     try:
         if default:
             first = CACHE.get(default)
             threshold, info = au.model_threshold(first), describe(first)
     except ULSADError as error:  # e.g. weights not installed, offline: the app still starts
         log.warning("default checkpoint %r not loaded: %s", default, error)
-        info = f"Default checkpoint not available: {error}"
+        info = escape(au.scrub_paths(f"Default checkpoint not available: {error}"))
 
-    with gr.Blocks(title="ULSAD anomaly detection") as demo:
+    with gr.Blocks(title="ULSAD anomaly detection", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         session = gr.State(au.Session(choices=list(choices)), delete_callback=lambda s: s.cleanup())
         with gr.Row(equal_height=True):
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", scale=2)
+            local = au.local_checkpoints_allowed()
             custom = gr.Textbox(
                 "",
-                label="...or a Hub repo id / local folder",
+                label="...or a Hub repo id" + (" / local folder" if local else ""),
                 scale=2,
-                placeholder="owner/name or /path/to/checkpoint",
+                placeholder="owner/name" + (" or /path/to/checkpoint" if local else ""),
             )
             threshold_slider = gr.Slider(
                 0,
@@ -412,9 +442,9 @@ client = Client("http://127.0.0.1:7860")      # or the Space id
 score, overlay, local, global_, verdict, plot = client.predict(
     handle_file("image.png"), api_name="/inspect")  # checkpoint defaults to the embedded one
 ```
-`/inspect` takes `image`, `checkpoint` (an embedded name), `threshold` (default: the default
-checkpoint's; `None`: the chosen checkpoint's own), `custom_checkpoint` (a Hub repo id or folder;
-overrides `checkpoint`). `/batch` takes a list
+`/inspect` takes `image`, `checkpoint` (an embedded name, or `fitted`), `threshold` (default: the
+default checkpoint's; `None`: the chosen checkpoint's own), `custom_checkpoint` (a Hub repo id
+`owner/name`; overrides `checkpoint`). `/batch` takes a list
 of files (images or zips) and returns the table, histogram, worst overlays and CSV. `/fit` takes a
 list of good images, the number of epochs and whether to augment with rotations and mirrors
 (optional, default off), and returns a status line and the checkpoint zip."""

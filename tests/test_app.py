@@ -183,7 +183,7 @@ def test_bad_inputs_give_a_message_and_the_app_keeps_serving(
         ((handle_file(truncated),), {}, "Cannot read truncated.png"),
         ((handle_file(huge),), {}, "20000x20000 pixels, more than"),
         ((handle_file(good),), {"custom_checkpoint": "nobody/nothing"}, "Could not download"),
-        ((handle_file(good),), {"custom_checkpoint": str(tmp_path)}, "is not an ULSAD checkpoint"),
+        ((handle_file(good),), {"custom_checkpoint": str(tmp_path)}, "Unknown checkpoint"),
         ((handle_file(good),), {"checkpoint": au.FITTED}, "No model fitted in this session"),
     ]
     for args, kwargs, message in cases:
@@ -405,7 +405,12 @@ def test_collect_images_unpacks_zips_inside_workdir_and_enforces_the_limit(tmp_p
     # Hidden files, macOS resource forks and paths climbing out of the archive are left out.
     assert [name for _, name in images] == ["a.png", "upload.zip/dir/b.png"]
     assert images[1][0].resolve().parent == workdir.resolve()
-    assert skipped == ["x.csv"] and not (tmp_path.parent / "evil.png").exists()
+    assert skipped == [
+        "upload.zip/../../evil.png: outside the archive, not unpacked",
+        "upload.zip/notes.txt: not an image",
+        "x.csv: not an image",
+    ]
+    assert not (tmp_path.parent / "evil.png").exists()
     with pytest.raises(au.ULSADError, match="at most 1 at a time"):
         au.collect_images([str(png), str(archive)], tmp_path / "work2", 1)
 
@@ -438,3 +443,229 @@ def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
             should_stop=lambda: bool(epochs_seen),
         )
     assert epochs_seen == [1] and not (tmp_path / "b" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------- hardening
+def bad_config_folder(trained_checkpoint: Path, folder: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(
+        (trained_checkpoint / "model.safetensors").read_bytes()
+    )
+    config = json.loads((trained_checkpoint / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+# (id, endpoint, arguments, what the message says). Placeholders in strings: {good} a good
+# image, {text} a text file, {truncated}, {huge} (header of 20000x20000), {wide} (header of
+# 16000x16000: 256 Mpx, 1 KB), {folder} a scratch folder holding a config.json, {ckpt} a real
+# checkpoint folder. README, "Bad input", lists the same cases.
+UNKNOWN = "Unknown checkpoint: choose one from the list"
+APP_CASES = [
+    ("not-an-image", "/inspect", {"image": "{text}"}, "Cannot read notes.txt"),
+    ("truncated", "/inspect", {"image": "{truncated}"}, "Cannot read truncated.png"),
+    ("over-the-pixel-limit", "/inspect", {"image": "{huge}"}, "20000x20000 pixels, more than"),
+    ("1kb-png-of-256-mpx", "/inspect", {"image": "{wide}"}, "16000x16000 pixels, more than the 64"),
+    ("hub-repo-offline", "/inspect", {"custom_checkpoint": "nobody/nothing"}, "Could not download"),
+    ("root-folder", "/inspect", {"custom_checkpoint": "/"}, UNKNOWN),
+    ("missing-folder", "/inspect", {"custom_checkpoint": "/no/such/folder"}, UNKNOWN),
+    ("folder-with-config", "/inspect", {"custom_checkpoint": "{folder}"}, UNKNOWN),
+    ("real-checkpoint-folder", "/inspect", {"custom_checkpoint": "{ckpt}/../{ckpt_name}"}, UNKNOWN),
+    ("home", "/inspect", {"custom_checkpoint": "~"}, UNKNOWN),
+    ("relative-path", "/inspect", {"custom_checkpoint": "../weights/bottle"}, UNKNOWN),
+    ("three-parts", "/inspect", {"custom_checkpoint": "a/b/c"}, UNKNOWN),
+    ("dotdot-repo-id", "/inspect", {"custom_checkpoint": "../.."}, UNKNOWN),
+    ("api-checkpoint-path", "/inspect", {"checkpoint": "/"}, UNKNOWN),
+    ("api-checkpoint-folder", "/inspect", {"checkpoint": "{folder}"}, UNKNOWN),
+    ("no-fitted-model", "/inspect", {"checkpoint": au.FITTED}, "No model fitted in this session"),
+    ("threshold-text", "/inspect", {"threshold": "abc"}, "Threshold must be a number"),
+    ("threshold-huge", "/inspect", {"threshold": 1e9}, "Threshold must be between"),
+    ("batch-unreadable", "/batch", {"files": ["{truncated}"]}, "None of the uploaded files"),
+    ("batch-no-images", "/batch", {"files": ["{text}"]}, "No images found"),
+    ("batch-worst-n-text", "/batch", {"files": ["{good}"], "worst_n": "many"},
+     "worst_n must be a number"),
+    ("batch-path-checkpoint", "/batch", {"files": ["{good}"], "custom_checkpoint": "/"}, UNKNOWN),
+    ("fit-too-few", "/fit", {"files": ["{good}"] * 3, "epochs": 1}, "upload 10 to 200 good"),
+    ("fit-epochs-text", "/fit", {"files": ["{good}"] * 10, "epochs": "x"},
+     "Epochs must be a number"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "arguments", "message"), [c[1:] for c in APP_CASES], ids=[c[0] for c in APP_CASES]
+)
+def test_bad_input_table(
+    served, endpoint, arguments, message, test_images, trained_checkpoint, tmp_path,
+    tmp_path_factory,
+):  # fmt: skip
+    good = test_images["good"][0]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = tmp_path / "server-folder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"secret": "server file"}')
+    files = {
+        "good": good,
+        "text": tmp_path / "notes.txt",
+        "truncated": truncated,
+        "huge": header_only_png(tmp_path / "huge.png", 20_000, 20_000),
+        "wide": header_only_png(tmp_path / "wide.png", 16_000, 16_000),
+    }
+    strings = {"folder": str(folder), "ckpt": str(trained_checkpoint),
+               "ckpt_name": trained_checkpoint.name}  # fmt: skip
+
+    def value(v):
+        if isinstance(v, list):
+            return [value(x) for x in v]
+        if isinstance(v, str) and v.startswith("{") and v[1:-1] in files:
+            return handle_file(files[v[1:-1]])
+        return v.format(**strings) if isinstance(v, str) else v
+
+    arguments = {k: value(v) for k, v in arguments.items()}
+    if endpoint == "/inspect":
+        arguments.setdefault("image", handle_file(good))
+    api = client(served, tmp_path_factory)
+    with pytest.raises(AppError, match=message) as error:
+        api.predict(**arguments, api_name=endpoint)
+    shown = str(error.value)
+    assert "Traceback" not in shown and "server file" not in shown
+    assert str(tmp_path) not in shown and "/tmp" not in shown and str(ROOT) not in shown
+    assert isinstance(api.predict(handle_file(good), api_name="/inspect")[0], float)  # serving
+
+
+def test_no_existence_oracle_for_server_paths(served, test_images, tmp_path, tmp_path_factory):
+    """ "/" answered "config.json is missing", a missing path "not found": now one message."""
+    (tmp_path / "config.json").write_text("{}")
+    api = client(served, tmp_path_factory)
+    messages = set()
+    for spec in ("/", "/no/such/path", str(tmp_path), "~", "~root", "/etc/passwd", "."):
+        with pytest.raises(AppError) as error:
+            api.predict(handle_file(test_images["good"][0]), custom_checkpoint=spec,
+                        api_name="/inspect")  # fmt: skip
+        messages.add(str(error.value))
+    assert len(messages) == 1 and "Unknown checkpoint" in messages.pop()
+
+
+def test_local_folders_only_when_the_environment_variable_allows(
+    served, model, trained_checkpoint, test_images, tmp_path, tmp_path_factory, monkeypatch
+):
+    api = client(served, tmp_path_factory)
+    image = test_images["good"][0]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (copy / name).write_bytes((trained_checkpoint / name).read_bytes())
+    with pytest.raises(AppError, match="Unknown checkpoint"):
+        api.predict(handle_file(image), custom_checkpoint=str(copy), api_name="/inspect")
+    monkeypatch.setenv(au.LOCAL_CHECKPOINTS_ENV, "1")
+    score = api.predict(handle_file(image), custom_checkpoint=str(copy), api_name="/inspect")[0]
+    assert score == pytest.approx(model.predict(image).score, abs=1e-5)
+    # A bad config.json there is one clear message (was "Unexpected error (TypeError ...)").
+    bad = bad_config_folder(trained_checkpoint, tmp_path / "bad", image_size="abc")
+    with pytest.raises(AppError, match="image_size must be of type int") as error:
+        api.predict(handle_file(image), custom_checkpoint=str(bad), api_name="/inspect")
+    assert str(tmp_path) not in str(error.value) and "Unexpected" not in str(error.value)
+
+
+def test_hub_repo_ids_are_checked_strictly():
+    good = ["owner/name", "a-b/c.d_e", "ULSAD/bottle-lite"]
+    bad = ["", "owner", "a/b/c", "/owner/name", "../x", "a/..", "a/b.", "-a/b", "a/.b", "a--b/c",
+           "a/b.git", "~/x", "a b/c", "a/b\n", "x" * 97 + "/y"]  # fmt: skip
+    assert all(checkpoint.is_hub_repo_id(s) for s in good)
+    assert not any(checkpoint.is_hub_repo_id(s) for s in bad)
+    for spec in [s for s in bad[1:] if s.strip() == s]:  # the app strips what users type
+        with pytest.raises(au.ULSADError, match="Unknown checkpoint"):
+            au.checkpoint_source(spec, offered=[])
+
+
+def test_messages_show_no_server_paths():
+    message = "Cannot read /srv/app/uploads/x.png: see https://huggingface.co/a/b and owner/name."
+    assert au.scrub_paths(message) == (
+        "Cannot read x.png: see https://huggingface.co/a/b and owner/name."
+    )
+
+
+def test_unpacked_bytes_have_one_budget_per_request(tmp_path):
+    """Three small zips each under the old per-zip cap wrote 5.7 GB: the budget is shared."""
+    member = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    png = tmp_path / "a.png"
+    Image.fromarray(member).save(png)
+    size = png.stat().st_size
+    zips = []
+    for i in range(3):
+        zips.append(tmp_path / f"z{i}.zip")
+        with zipfile.ZipFile(zips[-1], "w") as zipped:
+            for j in range(4):
+                zipped.write(png, f"{j}.png")
+    budget = 10 * size  # each zip (4 images) fits, the three (12) do not
+    images, _ = au.collect_images(zips[:2], tmp_path / "ok", 100, budget=budget)
+    assert len(images) == 8
+    with pytest.raises(au.ULSADError, match="unpack to more than"):
+        au.collect_images(zips, tmp_path / "w", 100, budget=budget)
+    written = sum(p.stat().st_size for p in (tmp_path / "w").iterdir())
+    assert written <= budget
+
+
+def test_zip_members_left_out_are_named(tmp_path):
+    png = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(png)
+    archive = tmp_path / "up.zip"
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as zipped:
+        zipped.write(png, "b.png")
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(png, "ok.png")
+        zipped.write(png, "../up.png")
+        zipped.writestr(zipfile.ZipInfo("/abs.png"), png.read_bytes())  # write() strips the /
+        zipped.write(inner, "nested/inner.zip")
+        zipped.writestr("doc.pdf", b"%PDF")
+        zipped.writestr("__MACOSX/._ok.png", b"")
+    images, skipped = au.collect_images([archive], tmp_path / "w", 10)
+    assert [name for _, name in images] == ["up.zip/ok.png"]
+    assert skipped == [
+        "up.zip/../up.png: outside the archive, not unpacked",
+        "up.zip//abs.png: outside the archive, not unpacked",
+        "up.zip/nested/inner.zip: a zip inside a zip, not unpacked",
+        "up.zip/doc.pdf: not an image",
+    ]
+
+
+def test_uploads_decode_within_bounded_memory(tmp_path):
+    """A 1.5 MB PNG of 16000x16000 peaked at 3.9 GB: refused before decoding now; big JPEGs
+    are decoded reduced."""
+    png = header_only_png(tmp_path / "wide.png", 16_000, 16_000)
+    with pytest.raises(au.ULSADError, match="more than the 64,000,000"):
+        au.load_upload(png, "wide.png")
+    jpeg = tmp_path / "big.jpg"
+    Image.new("RGB", (12_000, 6_000), (90, 120, 150)).save(jpeg, quality=50)  # 72 Mpx
+    image, notice = au.load_upload(jpeg, "big.jpg")
+    assert image.size == (au.MAX_SIDE, au.MAX_SIDE // 2)
+    assert notice == "big.jpg is 12000x6000 pixels: downscaled to 4096x2048 for inspection."
+
+
+def test_gradio_cache_and_idle_sessions_are_purged(served, app_module, tmp_path):
+    assert served.delete_cache == app_module.DELETE_CACHE and served.delete_cache is not None
+    old, new = au.Session(), au.Session()
+    stale = old.workdir
+    (stale / "fitted-1").mkdir()
+    fresh = new.workdir
+    past = time.time() - au.SESSION_TTL_S - 60
+    import os
+
+    os.utime(stale, (past, past))
+    removed = au.sweep_sessions(force=True)
+    assert stale in removed and not stale.exists() and fresh.is_dir()
+    assert old.workdir.is_dir() and old.workdir != stale  # a returning session gets a new one
+    old.cleanup()
+    new.cleanup()
+
+
+def test_csv_cells_cannot_run_as_formulas(tmp_path):
+    rows = [{"image": name, "score": 0.5, "anomalous": False}
+            for name in ("=HYPERLINK(\"x\").png", "+1.png", "-2.png", "@a.png", "ok.png")]  # fmt: skip
+    path = au.write_csv(rows, tmp_path / "s.csv", 0.4)
+    cells = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+    assert [c.strip('"') for c in cells] == [
+        "'=HYPERLINK(\"\"x\"\").png", "'+1.png", "'-2.png", "'@a.png", "ok.png",
+    ]  # fmt: skip

@@ -15,6 +15,21 @@ from ulsad.cli import main
 from ulsad.data import make_synthetic_dataset
 
 
+def header_only_png(path, width: int, height: int):
+    """A PNG whose header claims width x height, with no pixel data (as in test_app)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -31,7 +46,7 @@ def test_predict_writes_scores_and_maps(trained_checkpoint, synthetic_root, tmp_
     assert code == 0, err
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "score"] and len(rows) == 17
+    assert list(rows[0]) == ["path", "score", "map"] and len(rows) == 17
     assert str(single.resolve()) in {r["path"] for r in rows}
     scratch = np.load(tmp_path / "maps" / "scratch" / "000.npy")
     assert scratch.dtype == np.float32 and scratch.shape == (128, 128)
@@ -58,12 +73,19 @@ def test_eval_prints_and_writes_metrics(trained_checkpoint, synthetic_root, tmp_
 def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     root = tmp_path / "data"
     make_synthetic_dataset(root, "tiny", n_train=6, n_test_good=1, n_test_defect=1, size=64)
+    # A run killed (SIGKILL) while writing its resume state left a temporary file: cleaned up.
+    stray = tmp_path / "ckpt" / ".train_state.pt.k1ll3d.tmp"
+    stray.parent.mkdir()
+    stray.write_bytes(b"half a state")
     code, _, err = run(
         capsys, "train", "--data", root, "--category", "tiny", "--preset", "lite",
         "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "ckpt",
     )  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "training.json",
+    ]  # fmt: skip
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["backbone"] == "tf_efficientnet_lite0" and config["lr_milestones"] == [1]
     # The model card records the exact command and the Hub metadata.
@@ -121,3 +143,245 @@ def test_unreadable_images_are_listed_and_the_rest_scored(trained_checkpoint, tm
     with open(tmp_path / "out" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a.png"]
+
+
+# ------------------------------------------------------------------------- bad-input table
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, synthetic_root):
+    """Paths the bad-input cases refer to (built once)."""
+    base = tmp_path_factory.mktemp("bad_inputs")
+    data = base / "data"
+    make_synthetic_dataset(data, "tiny", n_train=4, n_test_good=1, n_test_defect=1, size=64)
+    image = synthetic_root / "synthetic" / "test" / "good" / "000.png"
+    (base / "a_file").write_text("x")
+    (base / "notes.txt").write_text("not an image")
+    (base / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (base / "empty").mkdir()
+    return {"base": base, "data": data, "image": image, "file": base / "a_file"}
+
+
+def bad_config_checkpoint(trained_checkpoint, folder, **changes):
+    folder.mkdir(exist_ok=True)
+    shutil.copy(trained_checkpoint / "model.safetensors", folder / "model.safetensors")
+    config = json.loads((trained_checkpoint / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+# (id, arguments, what the one error line says, refused before any work starts). Placeholders:
+# {ckpt} trained checkpoint, {data} dataset root (category tiny), {image} a good image, {file} an
+# existing plain file, {base} a scratch folder. README, "Bad input", lists the same cases.
+TRAIN = "train --data {data} --category tiny --epochs 1 --batch-size 2"
+CLI_CASES = [
+    ("set-string-image-size", TRAIN + " --out {base}/t --set image_size=abc",
+     "image_size must be of type int", True),
+    ("set-negative-channels", TRAIN + " --out {base}/t --set channels=-1",
+     "channels must be in", True),
+    ("set-negative-blur", TRAIN + " --out {base}/t --set blur_sigma=-1",
+     "blur_sigma must be in", True),
+    ("set-no-equals", TRAIN + " --out {base}/t --set channels", "--set expects key=value", True),
+    ("set-unknown-field", TRAIN + " --out {base}/t --set colour=1", "Unknown config field", True),
+    ("train-batch-size-1", "train --data {data} --category tiny --batch-size 1 --out {base}/t",
+     "--batch-size: must be at least 2", True),
+    ("train-batch-size-0", "train --data {data} --category tiny --batch-size 0 --out {base}/t",
+     "--batch-size: must be at least 2", True),
+    ("train-batch-size-text", "train --data {data} --category tiny --batch-size x --out {base}/t",
+     "--batch-size: expected an integer", True),
+    ("train-save-every-0", TRAIN + " --save-every 0 --out {base}/t",
+     "--save-every: must be at least 1", True),
+    ("train-epochs-negative", "train --data {data} --category tiny --epochs -1 --out {base}/t",
+     "--epochs: must be at least 1", True),
+    ("train-epochs-0", "train --data {data} --category tiny --epochs 0 --out {base}/t",
+     "--epochs: must be at least 1", True),
+    ("train-out-is-a-file", TRAIN + " --out {file}", "is a file, not a folder", True),
+    ("train-out-inside-a-file", TRAIN + " --out {file}/sub", "cannot be created", True),
+    ("train-category-dotdot", "train --data {data} --category .. --out {base}/t",
+     "--category must be the name of one folder", True),
+    ("train-category-slash", "train --data {data} --category tiny/../.. --out {base}/t",
+     "--category must be the name of one folder", True),
+    # Found by the trainer's first step, before any image is read.
+    ("train-unknown-category", TRAIN + " --category nope --out {base}/t", "nope", False),
+    ("train-missing-data", "train --data {base}/nowhere --out {base}/t", "not found", False),
+    ("train-unknown-preset", TRAIN + " --preset huge --out {base}/t", "invalid choice", True),
+    ("train-missing-out", "train --data {data}", "required: --out", True),
+    ("predict-batch-size-negative", "predict --checkpoint {ckpt} --out {base}/p --batch-size -3 "
+     "{image}", "--batch-size: must be at least 1", True),
+    ("predict-batch-size-0", "predict --checkpoint {ckpt} --out {base}/p --batch-size 0 {image}",
+     "--batch-size: must be at least 1", True),
+    ("predict-out-is-a-file", "predict --checkpoint {ckpt} --out {file} {image}",
+     "is a file, not a folder", True),
+    ("predict-scores-csv-is-a-folder", "predict --checkpoint {ckpt} --out {base}/csvdir {image}",
+     "scores.csv is a folder", True),
+    ("predict-empty-folder", "predict --checkpoint {ckpt} --out {base}/p {base}/empty",
+     "No images", True),
+    ("predict-missing-input", "predict --checkpoint {ckpt} --out {base}/p {base}/none.png",
+     "No such file or folder", True),
+    ("predict-not-an-image-file", "predict --checkpoint {ckpt} --out {base}/p {base}/notes.txt",
+     "is not an image file", True),
+    ("predict-relative-missing-checkpoint", "predict --checkpoint runs/nothing --out {base}/p "
+     "{image}", "'runs/nothing' not found: no such folder, and the Hub repo", False),
+    ("predict-missing-checkpoint", "predict --checkpoint {base}/no-ckpt --out {base}/p {image}",
+     "not found", False),
+    ("predict-checkpoint-is-a-file", "predict --checkpoint {file} --out {base}/p {image}",
+     "is a file, not a checkpoint folder", False),
+    ("predict-config-string-image-size", "predict --checkpoint {base}/ckpt-abc --out {base}/p "
+     "{image}", "image_size must be of type int", False),
+    ("predict-config-negative-channels", "predict --checkpoint {base}/ckpt-neg --out {base}/p "
+     "{image}", "channels must be in", False),
+    ("predict-unreadable-image", "predict --checkpoint {ckpt} --out {base}/p {base}/broken.png",
+     "none of the 1 image", False),
+    ("predict-onnx-file-torch-backend", "predict --checkpoint {base}/m.onnx --out {base}/p "
+     "{image}", "add --backend onnx", False),
+    ("eval-category-dotdot", "eval --checkpoint {ckpt} --data {data} --category ..",
+     "--category must be the name of one folder", True),
+    ("eval-out-is-a-folder", "eval --checkpoint {ckpt} --data {data} --category tiny --out {base}",
+     "is a folder: give a file name", True),
+    ("eval-batch-size-0", "eval --checkpoint {ckpt} --data {data} --category tiny --batch-size 0",
+     "--batch-size: must be at least 1", True),
+    ("export-out-is-a-folder", "export --checkpoint {ckpt} --out {base}",
+     "is a folder: give a file name", True),
+    ("export-opset-0", "export --checkpoint {ckpt} --out {base}/m2.onnx --opset 0",
+     "--opset: must be at least 1", True),
+    ("benchmark-epochs-0", "benchmark --dataset mvtec_ad --root {data} --epochs 0",
+     "--epochs: must be at least 1", True),
+    ("no-command", "", "required: command", True),
+    ("unknown-command", "fly", "invalid choice", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "early"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+)
+def test_bad_input_gives_one_error_line_and_exit_code_2(
+    argv, message, early, places, trained_checkpoint, capsys, monkeypatch
+):
+    base = places["base"]
+    (base / "csvdir" / "scores.csv").mkdir(parents=True, exist_ok=True)
+    (base / "m.onnx").write_bytes(b"")
+    bad_config_checkpoint(trained_checkpoint, base / "ckpt-abc", image_size="abc")
+    bad_config_checkpoint(trained_checkpoint, base / "ckpt-neg", channels=-4)
+    if early:  # nothing may start: no training, no model loaded for scoring, no evaluation
+        import ulsad.evaluate
+        import ulsad.export
+        import ulsad.train
+
+        def work(*args, **kwargs):
+            raise AssertionError("work started before the arguments were checked")
+
+        for module, name in [
+            (ulsad.train, "train"),
+            (ulsad.export, "load_predictor"),
+            (ulsad.evaluate, "evaluate"),
+            (ulsad.export, "export_onnx"),
+        ]:
+            monkeypatch.setattr(module, name, work)  # fmt: skip
+    values = {**{k: str(v) for k, v in places.items()}, "ckpt": str(trained_checkpoint)}
+    code, out, err = run_cli(capsys, *argv.format(**values).split())
+    assert code == 2, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err
+    assert not (base / "t" / "model.safetensors").exists()
+    assert not (base / "p" / "scores.csv").exists()
+
+
+def run_cli(capsys, *argv):
+    """`run`, but an argparse refusal (SystemExit) gives its code too."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_every_input_gets_its_own_map(trained_checkpoint, synthetic_root, tmp_path, capsys):
+    """a/x.png, b/x.png, two folders holding x.png, x.png beside x.jpg: one map each."""
+    source = Image.open(synthetic_root / "synthetic" / "test" / "good" / "000.png")
+    for folder in ("a", "b", "c/sub", "d/sub"):
+        (tmp_path / folder).mkdir(parents=True)
+        source.save(tmp_path / folder / "x.png")
+    source.save(tmp_path / "a" / "x.jpg")
+    inputs = [
+        tmp_path / "a" / "x.png",
+        tmp_path / "b" / "x.png",
+        tmp_path / "c",
+        tmp_path / "d",
+        tmp_path / "a" / "x.png",
+    ]  # fmt: skip  (the last: the same image again)
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", trained_checkpoint, "--out", tmp_path / "out",
+        "--save-maps", *inputs, tmp_path / "a" / "x.jpg",
+    )  # fmt: skip
+    assert code == 0, err
+    with open(tmp_path / "out" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and len({r["path"] for r in rows}) == 5
+    maps = {r["map"] for r in rows}
+    assert len(maps) == 5
+    for name in maps:
+        assert (tmp_path / "out" / name).is_file()
+        assert (tmp_path / "out" / name).with_suffix(".png").is_file()
+    assert len(list((tmp_path / "out" / "maps").rglob("*.npy"))) == 5
+
+
+def test_a_failed_run_keeps_earlier_results(trained_checkpoint, synthetic_root, tmp_path, capsys):
+    good = synthetic_root / "synthetic" / "test" / "good" / "000.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "predict", "--checkpoint", trained_checkpoint, "--out", out, good)
+    assert code == 0, err
+    first = (out / "scores.csv").read_text()
+    # Every image unreadable: rc 2, one error line, scores.csv untouched (was: header only).
+    code, _, err = run(capsys, "predict", "--checkpoint", trained_checkpoint, "--out", out, broken)
+    assert code == 2 and (out / "scores.csv").read_text() == first
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: none of the 1 image(s) could be read (listed above); {out} is unchanged."
+    ]
+    # Some read: the new scores replace scores.csv, the earlier ones are kept beside it.
+    code, _, err = run(capsys, "predict", "--checkpoint", trained_checkpoint, "--out", out,
+                       broken, good)  # fmt: skip
+    assert code == 2 and sum(line.startswith("error:") for line in err.splitlines()) == 1
+    assert (out / "scores.previous.csv").read_text() == first
+    assert len((out / "scores.csv").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_at_any_time_gives_one_line(monkeypatch, capsys):
+    """The entry point imports no torch before `main` runs (Ctrl-C there was a traceback), and
+    an interrupt while the parser (and torch) load is caught like one during training."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, ulsad.cli; print('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert loaded == "False"
+    import ulsad.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ulsad.cli, "build_parser", interrupted)
+    code, _, err = run(capsys, "train", "--data", "x", "--out", "y")
+    assert code == 130 and err.startswith("interrupted:") and len(err.splitlines()) == 1
+
+
+def test_images_up_to_the_documented_limit_are_not_refused_by_pillow(tmp_path):
+    """Pillow's own guard refused 179-256 Mpx (a "decompression bomb") in a fresh process."""
+    import subprocess
+    import sys
+
+    big = header_only_png(tmp_path / "big.png", 14_000, 13_000)  # 182 Mpx: allowed
+    huge = header_only_png(tmp_path / "huge.png", 24_000, 24_000)  # 576 Mpx: refused, clearly
+    script = (
+        "import sys\nfrom ulsad.images import load_image\nfrom ulsad.errors import ULSADError\n"
+        "for path in sys.argv[1:]:\n    try:\n        load_image(path)\n"
+        "    except ULSADError as error:\n        print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, big, huge], capture_output=True,
+                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert "decompression bomb" not in "".join(out).lower()
+    assert "Cannot read" in out[0]  # header only: read as far as the pixel data
+    assert "more than 256,000,000 pixels" in out[1] or "more than the 256,000,000" in out[1]

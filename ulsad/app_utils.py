@@ -7,13 +7,18 @@ model on a user's images. Nothing here imports gradio; plotly is imported where 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
+import io
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -27,9 +32,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ulsad import checkpoint
-from ulsad.checkpoint import available_checkpoints, read_manifest
+from ulsad.checkpoint import (
+    available_checkpoints,
+    csv_cell,
+    is_hub_repo_id,
+    read_manifest,
+    write_text_atomic,
+)
 from ulsad.errors import ULSADError
-from ulsad.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image, to_tensor
+from ulsad.images import IMAGE_EXTENSIONS, load_image, to_tensor
 from ulsad.inference import Prediction
 from ulsad.model import ULSAD
 from ulsad.train import resolve_device
@@ -39,13 +50,17 @@ MAX_SIDE = 4096  # longer uploads are downscaled before inspection (memory, late
 MAX_BATCH_IMAGES = 500
 FIT_MIN_IMAGES, FIT_MAX_IMAGES = 10, 200
 FIT_DEFAULT_EPOCHS = 8  # ~2.5 min for 50 images on 2 CPU cores (feature cache + 8 epochs)
+MAX_UPLOAD_PIXELS = 64_000_000  # larger uploads are refused before decoding (JPEGs: reduced)
 MAX_MEMBER_BYTES = 200 * 2**20  # per image inside an uploaded zip
-MAX_ZIP_BYTES = 2 * 2**30  # uncompressed, per zip
+MAX_UNPACKED_BYTES = 2**30  # everything unpacked from the zips of one request, together
 MAX_HUB_CHECKPOINT_BYTES = 2**30
 FITTED = "fitted"  # checkpoint choice: the model fitted in this session
+# Set to 1 to let users type local checkpoint folders (a local app; never on a public server).
+LOCAL_CHECKPOINTS_ENV = "ULSAD_APP_LOCAL_CHECKPOINTS"
+SESSION_TTL_S = 4 * 3600  # a session folder unused this long is deleted (API clients never close)
+SESSION_SWEEP_EVERY_S = 60
 
-# PIL's decompression-bomb guard stops at ~179 Mpx, below ulsad's own (clearer) MAX_PIXELS refusal.
-Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- checkpoints
@@ -118,21 +133,71 @@ class ModelCache:
             while len(self._models) > self.maxsize:
                 self._models.popitem(last=False)
 
-    def get(self, spec: str) -> ULSAD:
-        """The model of an embedded name, a local checkpoint folder or a Hub repo id."""
+    def get(self, spec: str, local: bool = True) -> ULSAD:
+        """The model of an embedded name, a Hub repo id or (`local`) a checkpoint folder."""
         spec = str(spec).strip()
         if not spec:
             raise ULSADError("No checkpoint chosen: pick one or type a Hub repo id / folder.")
+        key = spec if local else f"hub:{spec}"
         with self._lock:
-            if spec in self._models:
-                self._models.move_to_end(spec)
-                return self._models[spec]
-        is_hub_id = spec.count("/") == 1 and not Path(spec).expanduser().exists()
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        is_hub_id = is_hub_repo_id(spec) and not (local and Path(spec).exists())
         if is_hub_id and spec not in read_manifest()["checkpoints"]:
             _hub_size_check(spec)
-        model = ULSAD.from_pretrained(spec, device=self.device)  # outside the lock: may download
-        self.put(spec, model)
+        # Outside the lock: may download.
+        model = ULSAD.from_pretrained(spec, device=self.device, local=local)
+        self.put(key, model)
         return model
+
+
+def local_checkpoints_allowed() -> bool:
+    """Whether the app's users may name local checkpoint folders (`ULSAD_APP_LOCAL_CHECKPOINTS`)."""
+    return os.environ.get(LOCAL_CHECKPOINTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def checkpoint_source(spec: str, offered: Iterable[str]) -> str:
+    """How the app may load a user's checkpoint value, checked without touching the file system:
+    "offered" (a dropdown entry, set by whoever runs the app), "hub" (an embedded name or a Hub
+    repo id `owner/name`), or "local" (any folder, only when `ULSAD_APP_LOCAL_CHECKPOINTS=1`).
+    Anything else is refused with one message, whatever exists on the server."""
+    spec = str(spec or "").strip()
+    if not spec:
+        raise ULSADError("No checkpoint chosen: pick one or type a Hub repo id (owner/name).")
+    if spec in set(offered):
+        return "offered"
+    if spec in read_manifest()["checkpoints"] or is_hub_repo_id(spec):
+        return "hub"
+    if local_checkpoints_allowed():
+        return "local"
+    raise ULSADError(
+        "Unknown checkpoint: choose one from the list, or type a Hugging Face Hub repo id of the "
+        "form owner/name (letters, digits, '-', '_', '.')."
+    )
+
+
+# An absolute POSIX path (not a URL, not "owner/name"): shown to app users as its last part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"/:,;()]+/)*([^\s'\"/:,;()]*)")
+
+
+def scrub_paths(message: str) -> str:
+    """`message` with every absolute path replaced by its file name (the app shows no server
+    paths)."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(path)", message)
+
+
+def number(value: Any, what: str, low: float, high: float, integer: bool = False) -> float:
+    """An API argument as a number in [low, high] (a clear message for text, NaN, out of range)."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ULSADError(f"{what} must be a number, got {str(value)[:40]!r}.") from None
+    if not math.isfinite(result) or not low <= result <= high:
+        raise ULSADError(f"{what} must be between {low:g} and {high:g}, got {str(value)[:40]}.")
+    if integer and result != int(result):
+        raise ULSADError(f"{what} must be a whole number, got {str(value)[:40]}.")
+    return int(result) if integer else result
 
 
 def model_threshold(model: ULSAD) -> float | None:
@@ -162,10 +227,18 @@ def load_upload(path: str | Path, name: str | None = None) -> tuple[Image.Image,
     """
     name = name or Path(path).name
     try:
-        image = load_image(Path(path))
+        with Image.open(path) as header:  # the size before a reduced (JPEG) decode
+            width, height = header.size
+    except Exception:  # not an image: load_image says why
+        width = height = 0
+    try:
+        image = load_image(Path(path), max_pixels=MAX_UPLOAD_PIXELS, reduce_to=MAX_SIDE)
     except ULSADError as error:
-        raise ULSADError(str(error).replace(str(path), name)) from None
-    width, height = image.size
+        raise ULSADError(scrub_paths(str(error).replace(str(path), name))) from None
+    if not width:
+        width, height = image.size
+    elif (width > height) != (image.width > image.height):  # turned upright by its EXIF tag
+        width, height = height, width
     if max(width, height) <= MAX_SIDE:
         return image, None
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.BILINEAR)
@@ -176,57 +249,87 @@ def load_upload(path: str | Path, name: str | None = None) -> tuple[Image.Image,
     return image, notice
 
 
-def _safe_members(archive: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:
-    members = [
-        m
-        for m in archive.infolist()
-        if not m.is_dir()
-        and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith((".", "__MACOSX")) for part in Path(m.filename).parts)
-    ]
-    if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-        raise ULSADError(f"{name} unpacks to more than {MAX_ZIP_BYTES // 2**30} GB: split it.")
-    too_big = [m.filename for m in members if m.file_size > MAX_MEMBER_BYTES]
-    if too_big:
-        raise ULSADError(f"{name}: {too_big[0]} is over {MAX_MEMBER_BYTES // 2**20} MB.")
-    return members
+def _member_problem(member: zipfile.ZipInfo) -> str | None:
+    """Why a zip member is not unpacked ("" for OS metadata, left out silently), or None."""
+    name = member.filename.replace("\\", "/")
+    parts = [part for part in name.split("/") if part]
+    if member.is_dir():
+        return ""
+    if any(part.startswith("__MACOSX") for part in parts) or parts[-1].startswith("."):
+        return ""  # macOS resource forks, hidden files
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in parts:
+        return "outside the archive, not unpacked"
+    if any(part.startswith(".") for part in parts):
+        return ""  # inside a hidden folder
+    suffix = Path(parts[-1]).suffix.lower()
+    if suffix == ".zip":
+        return "a zip inside a zip, not unpacked"
+    if suffix not in IMAGE_EXTENSIONS:
+        return "not an image"
+    if member.file_size > MAX_MEMBER_BYTES:
+        return f"over {MAX_MEMBER_BYTES // 2**20} MB"
+    return None
 
 
 def collect_images(
-    files: Iterable[str | Path], workdir: str | Path, limit: int
+    files: Iterable[str | Path],
+    workdir: str | Path,
+    limit: int,
+    budget: int = MAX_UNPACKED_BYTES,
 ) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Uploaded images and zips of images -> ([(path, display name)], [skipped file names]).
+    """Uploaded images and zips of images -> ([(path, display name)], ["name: why skipped"]).
 
-    Zip members are extracted under `workdir` with generated names (no path traversal); entries
-    that are not images are skipped. More than `limit` images is an error.
+    Zip members are extracted under `workdir` with generated names (no path traversal); members
+    that are not images, climb out of the archive or are zips themselves are skipped (and named).
+    More than `limit` images, or more than `budget` bytes unpacked from all zips together, is an
+    error.
     """
     images: list[tuple[Path, str]] = []
     skipped: list[str] = []
     workdir = Path(workdir)
+    unpacked = 0
 
     def add(path: Path, name: str) -> None:
         if len(images) >= limit:
             raise ULSADError(f"Too many images: at most {limit} at a time.")
         images.append((path, name))
 
+    def too_much() -> ULSADError:
+        return ULSADError(
+            f"The zips unpack to more than {budget / 2**30:g} GB together: upload fewer images."
+        )
+
     for file in files or []:
         path, name = upload_path(file)
         if path.suffix.lower() == ".zip":
             try:
                 with zipfile.ZipFile(path) as archive:
-                    for member in _safe_members(archive, name):
+                    members = []
+                    for member in archive.infolist():
+                        problem = _member_problem(member)
+                        if problem is None:
+                            members.append(member)
+                        elif problem:
+                            skipped.append(f"{name}/{member.filename}: {problem}")
+                    if unpacked + sum(m.file_size for m in members) > budget:
+                        raise too_much()
+                    for member in members:
                         suffix = Path(member.filename).suffix.lower()
                         target = workdir / f"{len(images):05d}{suffix}"
                         add(target, f"{name}/{member.filename}")
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with archive.open(member) as source, open(target, "wb") as sink:
-                            shutil.copyfileobj(source, sink)
+                            while chunk := source.read(2**20):  # sizes in headers can lie
+                                unpacked += len(chunk)
+                                if unpacked > budget:
+                                    raise too_much()
+                                sink.write(chunk)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as error:
                 raise ULSADError(f"Cannot read {name} as a zip archive ({error}).") from None
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             add(path, name)
         else:
-            skipped.append(name)
+            skipped.append(f"{name}: not an image")
     return images, skipped
 
 
@@ -387,20 +490,22 @@ def score_batch(
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path, threshold: float | None) -> Path:
-    """The batch table as CSV (image, score, anomalous, threshold)."""
+    """The batch table as CSV (image, score, anomalous, threshold); names that a spreadsheet would
+    run as formulas (= + - @) are quoted with a leading '."""
     path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "score", "anomalous", "threshold"])
-        for row in rows:
-            writer.writerow(
-                [
-                    row["image"],
-                    f"{row['score']:.6f}",
-                    row["anomalous"],
-                    "" if threshold is None else f"{threshold:.6f}",
-                ]
-            )
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "score", "anomalous", "threshold"])
+    for row in rows:
+        writer.writerow(
+            [
+                csv_cell(row["image"]),
+                f"{row['score']:.6f}",
+                row["anomalous"],
+                "" if threshold is None else f"{threshold:.6f}",
+            ]
+        )
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
@@ -434,13 +539,48 @@ def histogram_figure(scores: list[float], threshold: float | None):
 
 
 # --------------------------------------------------------------------------------- fitting
+def session_root() -> Path:
+    """The folder holding every session's folder (one per app process user)."""
+    return (
+        Path(tempfile.gettempdir())
+        / f"ulsad-app-sessions-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    )
+
+
+_last_sweep = [0.0]
+_sweep_lock = threading.Lock()
+
+
+def sweep_sessions(ttl_s: float = SESSION_TTL_S, force: bool = False) -> list[Path]:
+    """Delete session folders unused for `ttl_s` seconds (at most once a minute unless `force`):
+    browser sessions end with the tab, API clients' sessions never do."""
+    now = time.time()
+    with _sweep_lock:
+        if not force and now - _last_sweep[0] < SESSION_SWEEP_EVERY_S:
+            return []
+        _last_sweep[0] = now
+    removed = []
+    root = session_root()
+    for folder in root.glob("ulsad-app-*") if root.is_dir() else []:
+        try:
+            idle = now - folder.stat().st_mtime
+        except OSError:
+            continue
+        if folder.is_dir() and idle > ttl_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d idle session folder(s)", len(removed))
+    return removed
+
+
 @dataclass
 class Session:
     """Per-browser-session state: plain data, since gradio gives each session a deep copy.
 
     `fitted`: folder of the model fitted in this session; `stop`: set by the Stop button;
     `choices`: the checkpoint dropdown's entries; `workdir`: created on first use, removed by
-    `cleanup` when the session ends.
+    `cleanup` when the session ends, or by `sweep_sessions` once unused for SESSION_TTL_S.
     """
 
     fitted: Path | None = None
@@ -450,9 +590,20 @@ class Session:
 
     @property
     def workdir(self) -> Path:
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="ulsad-app-"))
+        """This session's folder (re-created if it expired); using it keeps it alive."""
+        sweep_sessions()
+        if self._workdir is None or not self._workdir.is_dir():
+            root = session_root()
+            root.mkdir(mode=0o700, exist_ok=True)
+            self._workdir = Path(tempfile.mkdtemp(prefix="ulsad-app-", dir=root))
+        self.touch()
         return self._workdir
+
+    def touch(self) -> None:
+        """Mark the session folder as in use (long fits call this every epoch)."""
+        if self._workdir is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._workdir)
 
     def cleanup(self) -> None:
         self.stop = True
@@ -485,9 +636,7 @@ def fit_lite(
             f"Got {len(images)} images: upload {FIT_MIN_IMAGES} to {FIT_MAX_IMAGES} good "
             "(defect-free) images of one product."
         )
-    epochs = int(epochs)
-    if not 1 <= epochs <= 200:
-        raise ULSADError(f"Epochs must be between 1 and 200, got {epochs}.")
+    epochs = int(number(epochs, "Epochs", 1, 200, integer=True))
     extra = ROTATION_AUGMENTATION if augment else {}
     model = ULSAD.from_preset("lite", epochs=epochs, lr_milestones=(epochs,), **extra)
     side = 2 * model.config.image_size  # decoded once (unreadable files fail here, by name), small

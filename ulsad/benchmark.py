@@ -649,6 +649,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register the `benchmark` and `download` subcommands on the CLI's subparsers."""
+    from ulsad.cli import positive_int
     from ulsad.config import PRESETS
     from ulsad.data import DATASETS
     from ulsad.data.download import SOURCES
@@ -660,11 +661,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
     p.add_argument("--ablation", nargs="+", default=["full"], metavar="NAME",
                    help=f"variant(s): {', '.join(ABLATIONS)}, or all (default: full)")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="default: the preset's")
+    p.add_argument("--epochs", type=positive_int, help="default: the preset's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set image_size=128")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size")
     p.add_argument("--out", help="results folder (re-use it to resume)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: categories one after another; ray: one Ray task each")  # fmt: skip

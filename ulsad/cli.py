@@ -1,6 +1,8 @@
 """Command line: `ulsad train | predict | eval | push | resave | benchmark | export`.
 
 User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
+Every argument is checked before any work starts. Heavy imports (torch) happen inside `main`, so
+that Ctrl-C at any time ends with one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,13 +13,75 @@ import io
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from ulsad.errors import ULSADError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one `error: ...` line (exit code 2), no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type=`: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+training_batch_size = int_at_least(2)  # BatchNorm needs two images per training batch
+
+
+def check_category(category: str | None) -> None:
+    """A category is one folder name: no separators, not `.` or `..` (it also names outputs)."""
+    if category is None:
+        return
+    if category in ("", ".", "..") or any(sep in category for sep in ("/", "\\", "\0")):
+        raise ULSADError(
+            f"--category must be the name of one folder under --data, got {category!r}."
+        )
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be created (it is a file, or inside one)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ULSADError(f"{flag} {path} is a file, not a folder: choose another {flag}.")
+    existing = _first_existing(path.absolute())
+    if not existing.is_dir():
+        raise ULSADError(f"{flag} {path} cannot be created: {existing} is a file.")
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output file that cannot be written (it is a folder, or inside a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ULSADError(f"{flag} {path} is a folder: give a file name.")
+    check_out_folder(path.parent, flag)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -35,6 +99,8 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    check_category(args.category)
+    check_out_folder(args.out)
     from ulsad.model import ULSAD
 
     overrides = _parse_overrides(args.set)
@@ -64,7 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(image, path of its outputs relative to OUT/maps, without suffix) for files and folders."""
+    """(image, path of its outputs relative to OUT/maps, without suffix) for files and folders.
+
+    An image given twice is scored once; images that would share an output name (`a/x.png` and
+    `b/x.png`, `x.png` and `x.jpg`, `X.png` and `x.png` on a case-insensitive disk) get `-2`, `-3`
+    ... appended, so every input keeps its own map."""
     from ulsad.images import IMAGE_EXTENSIONS, find_images
 
     found = []
@@ -81,20 +151,50 @@ def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
             found.append((path, Path(path.stem)))
         else:
             raise ULSADError(f"No such file or folder: {path}")
-    return found
+    seen_paths, taken, unique = set(), set(), []
+    for path, rel in found:
+        key = path.resolve()
+        if key in seen_paths:
+            continue
+        seen_paths.add(key)
+        name, n = rel, 1
+        while name.as_posix().lower() in taken:
+            n += 1
+            name = rel.with_name(f"{rel.name}-{n}")
+        taken.add(name.as_posix().lower())
+        unique.append((path, name))
+    return unique
+
+
+def _scores_csv(rows: list[tuple[str, float, str]], maps: bool) -> str:
+    from ulsad.checkpoint import csv_cell
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", "map"] if maps else ["path", "score"])
+    for path, score, rel in rows:
+        writer.writerow([csv_cell(path), f"{score:.6f}", *([csv_cell(rel)] if maps else [])])
+    return buffer.getvalue()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_out_folder(out)
+    check_out_file(out / "scores.csv", "--out")
+    if args.save_maps:
+        check_out_folder(out / "maps", "--out")
+    items = _collect_inputs(args.inputs)
+
+    import numpy as np
+
     from ulsad.checkpoint import atomic_path, write_text_atomic
     from ulsad.export import load_predictor
     from ulsad.images import load_image
     from ulsad.visualize import overlay
 
-    items = _collect_inputs(args.inputs)
     model = load_predictor(args.checkpoint, backend=args.backend, device=args.device)
     threshold = float(model.threshold) if model.calibrated else None
-    out = Path(args.out)
-    rows, failed = [], 0
+    rows, failed = [], []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
         images = []
@@ -102,25 +202,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 images.append((path, rel, load_image(path)))
             except ULSADError as error:
-                print(f"error: {error}", file=sys.stderr)
-                failed += 1
+                print(f"skipped: {error}", file=sys.stderr)
+                failed.append(path)
+        if not images:
+            continue
         predictions = model.predict([im for _, _, im in images], batch_size=args.batch_size)
         for (path, rel, image), prediction in zip(images, predictions, strict=True):
-            rows.append((str(path.resolve()), prediction.score))
+            rows.append((str(path.resolve()), prediction.score, f"maps/{rel.as_posix()}.npy"))
             if args.save_maps:
                 target = out / "maps" / rel
                 with atomic_path(target.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
-                    np.save(f, prediction.anomaly_map.astype(np.float32))
+                    np.save(f, np.asarray(prediction.anomaly_map, dtype=np.float32))
                 with atomic_path(target.with_suffix(".png")) as tmp:
                     overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score"])
-    writer.writerows((p, f"{s:.6f}") for p, s in rows)
-    write_text_atomic(out / "scores.csv", buffer.getvalue())
-    print(f"Scored {len(rows)} image(s) -> {out / 'scores.csv'}")
+            del image, prediction
+        del images, predictions
+    if not rows:  # nothing scored: an earlier scores.csv stays as it was
+        raise ULSADError(
+            f"none of the {len(items)} image(s) could be read (listed above); {out} is unchanged."
+        )
+    target = out / "scores.csv"
+    if target.is_file():  # the previous run's scores are kept, not lost
+        target.replace(out / "scores.previous.csv")
+    write_text_atomic(target, _scores_csv(rows, args.save_maps))
+    print(f"Scored {len(rows)} image(s) -> {target}")
     if failed:
-        print(f"error: {failed} image(s) could not be read (listed above).", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(items)} image(s) could not be read (skipped above); "
+            f"the other {len(rows)} are in {target}.",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     return 0
 
@@ -131,6 +242,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ulsad.evaluate import evaluate
     from ulsad.model import ULSAD
 
+    check_category(args.category)
+    out = Path(args.out or f"eval_{args.category}.json")
+    if not args.out and Path(args.checkpoint).is_dir():
+        out = Path(args.checkpoint) / out
+    check_out_file(out)
     samples = load_split(args.dataset, args.data, args.category, "test")
     if not samples:
         raise ULSADError(f"No test images for {args.category!r} under {args.data}.")
@@ -138,9 +254,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(model, samples, batch_size=args.batch_size, load_mask=load_mask)
     results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset,
                "category": args.category, **results}  # fmt: skip
-    out = Path(args.out or f"eval_{args.category}.json")
-    if not args.out and Path(args.checkpoint).is_dir():
-        out = Path(args.checkpoint) / out
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     folder = Path(args.checkpoint)
     if out.parent.resolve() == folder.resolve() and (folder / "README.md").is_file():
@@ -180,7 +293,7 @@ def cmd_resave(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ulsad.config import PRESETS
 
-    parser = argparse.ArgumentParser(prog="ulsad", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ulsad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     datasets = ["mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad", "folder"]
 
@@ -189,13 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category folder under --data (omit: --data holds images)")
     p.add_argument("--dataset", default="mvtec_ad", choices=datasets, help="on-disk layout")
     p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=positive_int,
                    help="optimiser steps, rounded up to whole epochs (default: the preset's)")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="train this many epochs instead of a step budget")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=positive_int,
+                   help="train this many epochs instead of a step budget")  # fmt: skip
+    p.add_argument("--batch-size", type=training_batch_size, help="at least 2 (BatchNorm)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--out", required=True, help="checkpoint folder (also holds the resume state)")
-    p.add_argument("--save-every", type=int, default=5, help="epochs between resume states")
+    p.add_argument("--save-every", type=positive_int, default=5, help="epochs per resume state")
     p.add_argument("--restart", action="store_true", help="ignore a saved state in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set channels=128")  # fmt: skip
@@ -205,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
     p.add_argument("--out", required=True)
     p.add_argument("--save-maps", action="store_true", help="also write .npy maps + PNG overlays")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="onnx: ONNX Runtime (faster on CPU; takes .onnx files)")  # fmt: skip
@@ -218,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True)
     p.add_argument("--dataset", default="mvtec_ad", choices=datasets)
     p.add_argument("--out", help="JSON path (default: eval_CATEGORY.json in the checkpoint folder)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
@@ -246,18 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run one command; returns its exit code (0, 2: bad input, 130: interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.argv = argv  # `ulsad train` records its exact command in the model card
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv  # `ulsad train` records its exact command in the model card
         return args.func(args)
     except ULSADError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,7 @@ class ULSADConfig:
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        _validate(self)  # every field's type and range (lists from JSON become tuples)
         self.layers = tuple(self.layers)
         self.quantiles = tuple(self.quantiles)
         self.lr_milestones = tuple(self.lr_milestones)
@@ -152,6 +155,116 @@ class ULSADConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Range of each numeric field: (low, high, low inclusive, high inclusive); None: unbounded. Applied
+# to every element of a tuple field. Fields absent here are only type-checked.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "layers": (0, None, True, True),
+    "image_size": (128, None, True, True),
+    "channels": (1, None, True, True),
+    "featae_width": (4, None, True, True),
+    "global_width": (1, None, True, True),
+    "lambda_local": (0.0, None, True, True),
+    "lambda_attention": (0.0, None, True, True),
+    "lambda_global": (0.0, None, True, True),
+    "quantiles": (0.0, 1.0, True, True),
+    "blur_sigma": (0.0, 100.0, False, True),
+    "local_weight": (0.0, 1.0, True, True),
+    "epochs": (1, None, True, True),
+    "batch_size": (2, None, True, True),  # BatchNorm needs two samples per training batch
+    "lr": (0.0, None, False, True),
+    "weight_decay": (0.0, None, True, True),
+    "lr_milestones": (0, None, True, True),
+    "lr_gamma": (0.0, None, False, True),
+    "seed": (0, 2**32 - 1, True, True),
+    "val_fraction": (0.0, 1.0, False, False),
+    "augment_copies": (0, None, True, True),
+    "augment_rotation": (0.0, 180.0, True, True),
+}
+LENGTHS = {"layers": 2}  # tuple fields of a fixed length not given by their annotation
+INCREASING = {"quantiles"}  # tuple fields whose values must increase
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the annotation `hint` (int, float, bool, str, tuples, unions, Any)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON writes 4.0 as 4: ints are floats too
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        if len(value) != len(args):
+            return False
+        return all(_type_ok(v, a) for v, a in zip(value, args, strict=True))
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation this check does not know: accept
+
+
+def _is_tuple_hint(hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_tuple_hint(arg) for arg in typing.get_args(hint))
+    return typing.get_origin(hint) is tuple
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint)
+
+
+def _validate(config: ULSADConfig) -> None:
+    """Check every field's value against its annotation, then the ranges in `RANGES`."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints.get(f.name, Any)
+        if isinstance(value, list) and _is_tuple_hint(hint):
+            value = tuple(value)
+            setattr(config, f.name, value)
+        if not _type_ok(value, hint):
+            raise ULSADError(
+                f"Config field {f.name} must be of type {_type_name(hint)}, got {value!r}."
+            )
+        values = value if isinstance(value, tuple) else (value,)
+        if f.name in LENGTHS and len(values) != LENGTHS[f.name]:
+            raise ULSADError(
+                f"Config field {f.name} must have {LENGTHS[f.name]} values, got {value!r}."
+            )
+        if isinstance(value, str) and not value.strip():
+            raise ULSADError(f"Config field {f.name} must not be empty.")
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ULSADError(f"Config field {f.name} must be finite, got {value!r}.")
+        if f.name not in RANGES:
+            continue
+        low, high, low_in, high_in = RANGES[f.name]
+        for v in values:
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            below = low is not None and (v < low if low_in else v <= low)
+            above = high is not None and (v > high if high_in else v >= high)
+            if below or above:
+                lo = "-inf" if low is None else low
+                hi = "inf" if high is None else high
+                span = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
+                raise ULSADError(f"Config field {f.name} must be in {span}, got {value!r}.")
+        if f.name in INCREASING and list(values) != sorted(set(values)):
+            raise ULSADError(f"Config field {f.name} must be increasing, got {value!r}.")
 
 
 PRESETS: dict[str, ULSADConfig] = {

@@ -207,6 +207,9 @@ def load_predictor(
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         raise ULSADError(f"Unknown export format {args.format!r}: choose onnx.")
+    from ulsad.cli import check_out_file
+
+    check_out_file(args.out)
     model = ULSAD.from_pretrained(args.checkpoint)
     out = export_onnx(model, args.out, opset=args.opset)
     predictor = OnnxPredictor(out)
@@ -231,9 +234,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_export_parser(sub: Any) -> None:
     """Register `ulsad export` on the CLI's subparsers."""
+    from ulsad.cli import positive_int
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> score and maps)")
     p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.set_defaults(func=cmd_export)

@@ -4,6 +4,8 @@ and turning them into the model's input tensor. Training and inference share `to
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,19 @@ from ulsad.errors import ULSADError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 256_000_000  # refuse larger images rather than risk running out of memory
+# Pillow's own decompression-bomb guard refuses ~179 Mpx (twice its default limit), below ulsad's
+# documented (and clearer) MAX_PIXELS refusal: raise it to MAX_PIXELS for every caller.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused below
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
+def _to_rgb(image: Image.Image, owned: bool = False) -> Image.Image:
+    """Upright RGB. `owned`: `image` was decoded here, so it may be changed in place (no copies:
+    a large upload then needs its decoded size once, not three times)."""
+    if owned and image.getexif().get(ImageOps.ExifTags.Base.Orientation, 1) == 1:
+        pass  # upright already
+    else:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit greyscale
         values = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if values.max(initial=0) > 255 else 255.0
@@ -28,7 +39,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    return image if owned and image.mode == "RGB" else image.convert("RGB")
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -49,12 +60,19 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(source: Any) -> Image.Image:
+def load_image(
+    source: Any, max_pixels: int | None = None, reduce_to: int | None = None
+) -> Image.Image:
     """Any supported input -> an RGB PIL image, upright, 8 bits per channel.
 
     Accepts a path, raw bytes, a PIL image, a numpy array (HxW, HxWxC or CxHxW; uint8, uint16 or
-    float in [0, 1]) or a tensor of the same layouts.
+    float in [0, 1]) or a tensor of the same layouts. Files of more than `max_pixels` (default
+    MAX_PIXELS) are refused
+    before they are decoded; `reduce_to`: JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale
+    whose long side stays at least `reduce_to` (less memory); `max_pixels` then applies to the
+    reduced size, and the larger of it and MAX_PIXELS to the file's own.
     """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(source, Tensor):
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
@@ -70,21 +88,36 @@ def load_image(source: Any) -> Image.Image:
         name, opener = "uploaded image", lambda: Image.open(io.BytesIO(source))
     else:
         raise ULSADError(f"Cannot read an image from a {type(source).__name__}.")
+
+    def too_large(width: int, height: int, limit: int) -> ULSADError:
+        return ULSADError(
+            f"{name} is {width}x{height} pixels, more than the {limit:,} this tool reads: "
+            "downscale it first."
+        )
+
     try:
         with opener() as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ULSADError(
-                    f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} "
-                    "this tool reads: downscale it first."
-                )
+            width, height = image.size
+            file_limit = max(max_pixels, MAX_PIXELS) if reduce_to else max_pixels
+            if width * height > file_limit:
+                raise too_large(width, height, file_limit)
+            if reduce_to is not None and image.format == "JPEG" and max(width, height) > reduce_to:
+                scale = reduce_to / max(width, height)
+                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            if image.width * image.height > max_pixels:
+                raise too_large(width, height, max_pixels)
             image.load()
-            return _to_rgb(image)
+            return _to_rgb(image, owned=True)
+    except Image.DecompressionBombError:  # more than twice Image.MAX_IMAGE_PIXELS
+        raise ULSADError(
+            f"{name} has more than {max_pixels:,} pixels, the most this tool reads: downscale it "
+            "first."
+        ) from None
     except (
         UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombError,
     ) as error:
         if isinstance(error, ULSADError):
             raise

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import atomic_path, round_to_storage, save_pretrained, write_text_atomic
+from ulsad.checkpoint import (
+    atomic_path,
+    remove_stale_temporaries,
+    round_to_storage,
+    save_pretrained,
+    write_text_atomic,
+)
 from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
 from ulsad.images import find_images, load_image, to_tensor
@@ -279,11 +285,19 @@ def train(
     val_loss)` is called after every epoch (for progress bars; an exception stops training).
     """
     cfg = model.config
+    for name, value, low in (("epochs", 1 if epochs is None else epochs, 1),
+                             ("batch_size", cfg.batch_size if batch_size is None else batch_size, 2),
+                             ("save_every", save_every, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ULSADError(f"{name} must be an integer >= {low}, got {value!r}.")
     if batch_size is not None and batch_size != cfg.batch_size:
         cfg = model.config = cfg.replace(batch_size=batch_size)
     batch_size = cfg.batch_size
     device = resolve_device(device)
     model.to(device)
+    if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
+        remove_stale_temporaries(out_dir, [STATE_NAME, "training.json", "model.safetensors",
+                                           "config.json"])  # fmt: skip
 
     train_items, val_items = good_training_images(data, category, dataset)
     if not val_items:

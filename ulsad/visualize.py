@@ -31,9 +31,12 @@ def display_range(anomaly_map: np.ndarray, threshold: float | None) -> tuple[flo
 
 
 def colorize(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """(H, W) float -> (H, W, 3) uint8 heatmap."""
-    scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    return _LUT[(scaled * 255).astype(np.uint8)]
+    """(H, W) float -> (H, W, 3) uint8 heatmap (one float32 temporary: large maps stay cheap)."""
+    scaled = np.array(anomaly_map, dtype=np.float32)
+    scaled -= vmin
+    scaled *= 255.0 / max(vmax - vmin, 1e-12)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return _LUT[scaled.astype(np.uint8)]
 
 
 def region_outline(anomaly_map: np.ndarray, threshold: float, width: int = 2) -> np.ndarray:
@@ -52,12 +55,15 @@ def overlay(
     outline_color: tuple[int, int, int] = (0, 255, 0),
 ) -> Image.Image:
     """The image blended with the heatmap of `anomaly_map` (same size), region above threshold outlined."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    if anomaly_map.shape != rgb.shape[:2]:
-        raise ValueError(f"map {anomaly_map.shape} and image {rgb.shape[:2]} differ in size")
-    heat = colorize(anomaly_map, *display_range(anomaly_map, threshold)).astype(np.float32)
-    blended = ((1 - alpha) * rgb + alpha * heat).astype(np.uint8)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if anomaly_map.shape != (rgb.height, rgb.width):
+        raise ValueError(f"map {anomaly_map.shape} and image {rgb.size[::-1]} differ in size")
+    heat = Image.fromarray(colorize(anomaly_map, *display_range(anomaly_map, threshold)))
+    blended = Image.blend(rgb, heat, alpha)  # uint8 throughout: no float copies of the image
+    del heat
     if threshold is not None and np.isfinite(threshold):
         width = max(1, round(max(anomaly_map.shape) / 256))
-        blended[region_outline(anomaly_map, threshold, width)] = outline_color
-    return Image.fromarray(blended)
+        outline = region_outline(anomaly_map, threshold, width)
+        if outline.any():
+            blended.paste(outline_color, mask=Image.fromarray(outline))
+    return blended

@@ -1,0 +1,91 @@
+"""`ULSADConfig` checks every field's type and range (from `--set`, config.json or Python)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from safetensors.torch import save_file
+
+from ulsad.checkpoint import FORMAT, load_pretrained
+from ulsad.config import PRESETS, RANGES, ULSADConfig, preset_config
+from ulsad.errors import ULSADError
+
+BAD_VALUES = [
+    ("image_size", "abc", "image_size must be of type int"),
+    ("image_size", 100, "image_size must be in"),
+    ("image_size", 200, "multiple of 64"),
+    ("image_size", 256.0, "image_size must be of type int"),
+    ("channels", -1, "channels must be in"),
+    ("channels", True, "channels must be of type int"),
+    ("featae_width", 0, "featae_width must be in"),
+    ("global_width", 0, "global_width must be in"),
+    ("blur_sigma", -1.0, "blur_sigma must be in"),
+    ("blur_sigma", 0, "blur_sigma must be in"),
+    ("blur_sigma", "4", "blur_sigma must be of type float"),
+    ("lambda_local", -0.5, "lambda_local must be in"),
+    ("local_weight", 1.5, "local_weight must be in"),
+    ("quantiles", (0.9,), "quantiles must be of type"),
+    ("quantiles", (0.995, 0.9), "quantiles must be increasing"),
+    ("quantiles", (0.9, 1.5), "quantiles must be in"),
+    ("layers", (2,), "layers must have 2 values"),
+    ("layers", (2, "3"), "layers must be of type"),
+    ("layers", (-1, 3), "layers must be in"),
+    ("epochs", -1, "epochs must be in"),
+    ("epochs", 0, "epochs must be in"),
+    ("batch_size", 1, "batch_size must be in"),
+    ("lr", 0.0, "lr must be in"),
+    ("lr", float("nan"), "lr must be finite"),
+    ("lr", float("inf"), "lr must be finite"),
+    ("lr_milestones", (-2,), "lr_milestones must be in"),
+    ("lr_gamma", 0, "lr_gamma must be in"),
+    ("seed", -1, "seed must be in"),
+    ("val_fraction", 1.0, "val_fraction must be in"),
+    ("augment_copies", -1, "augment_copies must be in"),
+    ("augment_rotation", 200.0, "augment_rotation must be in"),
+    ("cosine_loss", 1, "cosine_loss must be of type bool"),
+    ("augment_flip", "yes", "augment_flip must be of type bool"),
+    ("backbone", 5, "backbone must be of type str"),
+    ("backbone", " ", "backbone must not be empty"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_VALUES)
+def test_every_field_is_checked(field, value, message):
+    with pytest.raises(ULSADError, match=message):
+        preset_config("lite", **{field: value})
+
+
+def test_the_range_table_names_real_fields_and_new_fields_are_type_checked():
+    fields = {f.name for f in dataclasses.fields(ULSADConfig)}
+    assert set(RANGES) <= fields  # no stale entries
+    assert {"image_size", "channels", "blur_sigma", "epochs", "batch_size"} <= set(RANGES)
+
+    @dataclasses.dataclass
+    class Extended(ULSADConfig):  # a field added later: checked against its annotation
+        new_knob: int | None = 3
+
+    assert Extended(new_knob=None).new_knob is None
+    with pytest.raises(ULSADError, match="new_knob must be of type"):
+        Extended(new_knob="3")
+
+
+def test_valid_values_pass_and_json_lists_become_tuples():
+    config = ULSADConfig.from_dict({"layers": [1, 2], "quantiles": [0.8, 0.99], "blur_sigma": 4})
+    assert config.layers == (1, 2) and config.quantiles == (0.8, 0.99)
+    assert config.blur_sigma == 4
+    for preset in PRESETS.values():
+        assert ULSADConfig.from_dict(json.loads(preset.to_json())) == preset
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("image_size", "abc"), ("channels", -4), ("blur_sigma", -1.0)]
+)
+def test_bad_config_json_is_one_clear_error(tmp_path, field, value):
+    """Was a TypeError (rc 1, "Unexpected error" in the app) for a string image size."""
+    config = {"format": FORMAT, **PRESETS["lite"].to_dict(), field: value}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ULSADError, match=f"config.json: Config field {field}"):
+        load_pretrained(tmp_path)
