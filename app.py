@@ -104,9 +104,11 @@ def slider_update(threshold: float | None) -> dict:
 def describe(model) -> str:
     cfg, threshold = model.config, au.model_threshold(model)
     shown = f"{threshold:.4f}" if threshold is not None else "none (uncalibrated)"
+    f1 = au.model_threshold(model, "f1")
+    other = f"; best F1 on synthetic defects **{f1:.4f}**" if f1 is not None else ""
     return (
         f"`{cfg.preset}` preset, backbone `{cfg.backbone}`, {cfg.image_size} px input; "
-        f"default threshold **{shown}** (the highest score among held-out good images)."
+        f"default threshold **{shown}** (the highest score among held-out good images){other}."
     )
 
 
@@ -246,10 +248,13 @@ def request_stop(session: au.Session) -> None:
 
 
 @friendly
-def on_checkpoint(checkpoint, custom_checkpoint, session):
-    """A new checkpoint: set the slider to its own threshold and describe it."""
+def on_checkpoint(checkpoint, custom_checkpoint, session, kind="heldout"):
+    """A new checkpoint (or threshold kind): set the slider to that threshold and describe it."""
     model = resolve_model(checkpoint, custom_checkpoint, session)
-    return slider_update(au.model_threshold(model)), describe(model)
+    threshold = au.model_threshold(model, kind)
+    if threshold is None:  # no synthetic-defect threshold in this checkpoint: the default one
+        threshold = au.model_threshold(model)
+    return slider_update(threshold), describe(model)
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -290,7 +295,13 @@ def build_demo(
                 scale=3,
                 info="Scores above it are anomalous.",
             )
-        checkpoint_info = gr.Markdown(info)
+        with gr.Row():
+            checkpoint_info = gr.Markdown(info)
+            threshold_kind = gr.Radio(
+                [(label, kind) for kind, label in au.THRESHOLD_KINDS.items()],
+                value="heldout",
+                label="Set the threshold to the checkpoint's",
+            )
 
         with gr.Tab("Inspect"):
             with gr.Row():
@@ -341,7 +352,7 @@ def build_demo(
             gr.Markdown(
                 f"Upload {au.FIT_MIN_IMAGES}-{au.FIT_MAX_IMAGES} **good** (defect-free) images of "
                 "one product, or a zip of them. A `lite` model trains on the CPU in a few "
-                f"minutes ({au.FIT_DEFAULT_EPOCHS} epochs: about 2-3 min for 50 images on 2 "
+                f"minutes ({au.FIT_DEFAULT_EPOCHS} epochs: about 2 min for 50 images on 2 "
                 "cores). One training runs at a time; others wait in the queue."
             )
             with gr.Row():
@@ -431,6 +442,13 @@ def build_demo(
         describe_args = ([checkpoint, custom, session], [threshold_slider, checkpoint_info])
         for event in (checkpoint.change, custom.submit):
             event(on_checkpoint, *describe_args, api_visibility="private", concurrency_limit=None)
+        threshold_kind.change(
+            on_checkpoint,
+            [checkpoint, custom, session, threshold_kind],
+            [threshold_slider, checkpoint_info],
+            api_visibility="private",
+            concurrency_limit=None,
+        )
     demo.queue(max_size=64)
     return demo
 

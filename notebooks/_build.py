@@ -482,7 +482,7 @@ def dataset_notebook(dataset: str, info: dict) -> list:
             CATEGORIES = None  # None: every category found under DATA_ROOT
             CATEGORY = "{category}"  # the category trained step by step
             PRESET = "paper"  # "paper" (the paper's model; GPU) or "lite" (CPU-sized)
-            EPOCHS = None  # None: the preset's (paper 200, lite 40)
+            EPOCHS = None  # None: the preset's (paper 200 epochs, lite a budget of 400 steps)
             OVERRIDES = {{}}  # any ulsad.ULSADConfig field, e.g. {{"image_size": 256}}
             DEVICE = None  # None: CUDA, then Apple MPS, then CPU
             RESULTS_DIR = "runs/{dataset}"  # the runner's output; run again to resume
@@ -597,7 +597,7 @@ def dataset_notebook(dataset: str, info: dict) -> list:
                         epochs=EPOCHS, device=DEVICE, progress=True)[0]
         config = job.config()
         print(f"preset {PRESET}: backbone {config.backbone}, C={config.channels}, {config.image_size} px, "
-              f"{config.epochs} epochs, seed {config.seed}, lambdas {config.lambda_local}/"
+              f"{config.epochs or config.steps} {'epochs' if config.epochs else 'steps'}, seed {config.seed}, lambdas {config.lambda_local}/"
               f"{config.lambda_attention}/{config.lambda_global}")
         """),
         md("""

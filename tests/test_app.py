@@ -669,3 +669,16 @@ def test_csv_cells_cannot_run_as_formulas(tmp_path):
     assert [c.strip('"') for c in cells] == [
         "'=HYPERLINK(\"\"x\"\").png", "'+1.png", "'-2.png", "'@a.png", "ok.png",
     ]  # fmt: skip
+
+
+def test_both_thresholds_of_a_checkpoint_are_offered(trained_checkpoint):
+    """The held-out maximum (default) and the best F1 on synthetic defects, from the checkpoint."""
+    model = ULSAD.from_pretrained(trained_checkpoint)
+    assert au.model_threshold(model) == pytest.approx(float(model.threshold))
+    f1 = au.model_threshold(model, "f1")
+    assert f1 is not None and f1 == pytest.approx(float(model.threshold_f1))
+    assert f1 != au.model_threshold(model)
+    with pytest.raises(au.ULSADError, match="Threshold kind"):
+        au.model_threshold(model, "median")
+    model.threshold_f1.fill_(float("nan"))  # a checkpoint without synthetic validation
+    assert au.model_threshold(model, "f1") is None

@@ -423,7 +423,7 @@ def train(
             "heldout_scores": scores,
             "threshold": float(model.threshold),
             "threshold_f1": float(model.threshold_f1),
-            "steps": sum(max(1, len(train_items) // batch_size) for _ in range(epochs)),
+            "steps": epochs * cfg.steps_per_epoch(n),
             "synthetic_validation": choice,
             "seconds": time.perf_counter() - started,
             "device": str(device),
