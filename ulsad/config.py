@@ -50,8 +50,8 @@ class ULSADConfig:
     # and the chosen value is written here when training ends.
     local_weight: float | None = 0.5
     # Validation without defect images: this many synthetic defects pasted onto the held-out good
-    # images (0: off). They choose the fusion weight, the best of `validation_points` evenly
-    # spaced epochs, and a best-F1 threshold (`ulsad.validation`).
+    # images (0: off). They choose the fusion weight, which of `validation_points` evenly
+    # spaced epochs to keep, and a best-F1 threshold (`ulsad.validation`).
     synthetic_defects: int = 0
     validation_points: int = 1
     # Training. The budget is `epochs` when set (the paper: 200), else `steps` optimiser steps
