@@ -131,8 +131,19 @@ class ReferenceULSAD(nn.Module):
         self.register_buffer("quantiles", torch.full((2, 2), float("nan")))
         self.register_buffer("blur_kernel", gaussian_kernel2d(config.blur_sigma))
 
+    def neighbourhood_mean(self, x: Tensor) -> Tensor:
+        """Mean over the k x k neighbours inside the map (`feature_aggregation`), as a box sum
+        divided by the number of neighbours that exist."""
+        k = self.config.feature_aggregation
+        if k == 1:
+            return x
+        box = torch.ones(x.shape[1], 1, k, k, dtype=x.dtype, device=x.device)
+        sums = F.conv2d(x, box, padding=k // 2, groups=x.shape[1])
+        counts = F.conv2d(torch.ones_like(x[:, :1]), box[:1], padding=k // 2)
+        return sums / counts
+
     def pretrain(self, images: Tensor) -> Tensor:
-        x1, x2 = self.backbone(images)
+        x1, x2 = (self.neighbourhood_mean(x) for x in self.backbone(images))
         b, _, h, w = x1.shape
         x2 = F.interpolate(x2, size=(h, w), mode="bilinear", align_corners=False)
         features = torch.cat([x1, x2], dim=1)
@@ -197,7 +208,8 @@ class ReferenceULSAD(nn.Module):
             map_local = 0.1 * (map_local - q[0, 0]) / (q[0, 1] - q[0, 0])
             map_global = 0.1 * (map_global - q[1, 0]) / (q[1, 1] - q[1, 0])
         map_local, map_global = self.blur(map_local)[:, 0], self.blur(map_global)[:, 0]
-        combined = cfg.local_weight * map_local + (1 - cfg.local_weight) * map_global
+        w = 0.5 if cfg.local_weight is None else cfg.local_weight  # as the model, until chosen
+        combined = w * map_local + (1 - w) * map_global
         return combined.flatten(1).amax(dim=1), combined, map_local, map_global
 
 

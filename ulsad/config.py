@@ -137,6 +137,17 @@ class ULSADConfig:
             return self.epochs
         return max(1, math.ceil(self.steps / self.steps_per_epoch(n_train)))
 
+    def chosen_in_training(self) -> set[str]:
+        """Fields this recipe leaves to training (which writes the chosen values into the
+        checkpoint's config): `local_weight` when it is None."""
+        return {"local_weight"} if self.local_weight is None else set()
+
+    def matches(self, trained: ULSADConfig) -> bool:
+        """Whether `trained` (a checkpoint's config) comes from this recipe."""
+        skip = self.chosen_in_training() | {"preset"}
+        mine, theirs = self.to_dict(), trained.to_dict()
+        return all(mine[k] == theirs[k] for k in mine if k not in skip)
+
     def replace(self, **changes: Any) -> ULSADConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
