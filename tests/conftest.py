@@ -68,3 +68,19 @@ def hub(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     yield server
     server.stop()
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height, with no pixel data: for the pixel-count
+    refusals of the CLI and the app."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path

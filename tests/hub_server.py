@@ -162,17 +162,27 @@ class _Handler(BaseHTTPRequestHandler):
             return self._repo_info(unquote(match[1]), unquote(match[2] or "main"))
         self._error(404, "NotFound", f"no route for GET {path}")
 
+    def _find(self, repo_id: str, revision: str):
+        """(repo, commit) of `revision`, or None after answering the Hub's 404 for it."""
+        repo = self.server_hub.repos.get(repo_id)
+        if repo is None:
+            self._error(404, "RepoNotFound", "Repository not found")
+            return None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
+            return None
+        return repo, commit
+
     def _resolve(self, path: str) -> None:
         match = RESOLVE.match(path)
         if match is None:
             return self._error(404, "NotFound", f"no route for {self.command} {path}")
         repo_id, revision, filename = match[1], unquote(match[2]), unquote(match[3])
-        repo = self.server_hub.repos.get(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
+        found = self._find(repo_id, revision)
+        if found is None:
+            return None
+        repo, commit = found
         content = repo.commits[commit].get(filename)
         if content is None:
             return self._error(404, "EntryNotFound", "Entry not found", commit)
@@ -180,12 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, content, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'})
 
     def _repo_info(self, repo_id: str, revision: str) -> None:
-        repo = self.server_hub.repos.get(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
+        found = self._find(repo_id, revision)
+        if found is None:
+            return None
+        repo, commit = found
         siblings = [{"rfilename": name} for name in sorted(repo.commits[commit])]
         self._json(200, {"id": repo_id, "sha": commit, "private": repo.private,
                          "siblings": siblings})  # fmt: skip

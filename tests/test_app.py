@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
-import struct
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import header_only_png
 from PIL import Image
 
 from ulsad import ULSAD, checkpoint
@@ -92,19 +91,6 @@ def test_images(synthetic_root) -> dict[str, list[Path]]:
         "defect": sorted(test.glob("[cs]*/*.png")),  # contamination, scratch
         "train": sorted((synthetic_root / "synthetic" / "train" / "good").glob("*.png")),
     }
-
-
-def header_only_png(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height (for the pixel-count refusal; no pixel data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
 
 
 # ----------------------------------------------------------------------------------- inspect

@@ -9,25 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import header_only_png
 from PIL import Image
 
 from ulsad.cli import main
 from ulsad.data import make_synthetic_dataset
-
-
-def header_only_png(path, width: int, height: int):
-    """A PNG whose header claims width x height, with no pixel data (as in test_app)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
 
 
 def run(capsys, *argv):

@@ -37,6 +37,18 @@ CELL_TIMEOUT_S = 300
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
+def execute(nb) -> None:
+    """Run every cell in the notebooks' folder; CellExecutionError (cell and traceback) on error."""
+    from nbclient import NotebookClient
+
+    NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    ).execute()
+
+
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
@@ -197,7 +209,6 @@ def smoke_env(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, smoke_env):
-    from nbclient import NotebookClient
 
     nb = read(path)
     nb.cells.append(
@@ -207,12 +218,7 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env):
         )
     )
     # Fails with CellExecutionError (the cell and its traceback) on any error.
-    NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    ).execute()
+    execute(nb)
 
     result = json.loads(nb.cells[-1].outputs[-1]["text"])
     assert result["prefix"] == sys.prefix  # the kernel runs in this environment
@@ -231,7 +237,6 @@ def test_quickstart_loads_a_checkpoint_from_the_hub(
 ):
     """The quickstart, given a Hub repo id and a pinned revision, loads it from the Hub (the local
     server of tests/hub_server.py; the kernel inherits HF_ENDPOINT and the fresh cache)."""
-    from nbclient import NotebookClient
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # smoke_env turned it on; the Hub is local
     files = {n: (trained_checkpoint / n).read_bytes() for n in ("config.json", "model.safetensors")}
@@ -245,12 +250,7 @@ def test_quickstart_loads_a_checkpoint_from_the_hub(
     nb.cells.append(
         nbformat.v4.new_code_cell("print(source, model.threshold.item(), summary['images'])")
     )
-    NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    ).execute()
+    execute(nb)
     printed = nb.cells[-1].outputs[-1]["text"].split()
     expected = json.loads((trained_checkpoint / "training.json").read_text())["threshold"]
     assert printed[0] == "acme/quickstart"
