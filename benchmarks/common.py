@@ -102,7 +102,7 @@ def write_json(path: str | Path | None, report: dict[str, Any]) -> None:
     )
     if path is not None:
         from ulsad.benchmark import jsonable
-        from ulsad.checkpoint import write_text_atomic
+        from ulsad.files import write_text_atomic
 
         write_text_atomic(Path(path), json.dumps(jsonable(report), indent=2) + "\n")
         print(f"Wrote {path}")

@@ -89,9 +89,10 @@ from benchmarks.common import interleaved, machine, median, peak_rss_mb, table, 
 from ulsad import ULSAD
 from ulsad.backbones import lite_state_dict
 from ulsad.data import load_mask, load_split
+from ulsad.devices import resolve_device
 from ulsad.evaluate import evaluate
 from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device, split_holdout
+from ulsad.train import split_holdout
 
 ULSAD_NAME = "ulsad lite"
 BACKBONE = "tf_efficientnet_lite0"
@@ -549,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(result["ratios"], RATIO_COLUMNS) + "\n")
     write_json(out, report)
     if out is not None:
-        from ulsad.checkpoint import write_text_atomic
+        from ulsad.files import write_text_atomic
 
         md = Path(out).with_suffix(".md")
         write_text_atomic(md, markdown_report(report))

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, write_json
 from benchmarks.reference import reference_from_ulsad
 from ulsad import ULSAD
-from ulsad.train import build_cache, channel_statistics, resolve_device
+from ulsad.devices import resolve_device
+from ulsad.train import build_cache, channel_statistics
 
 REFERENCE = "reference paper (eager fp32)"
 

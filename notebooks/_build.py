@@ -74,7 +74,7 @@ from ulsad.benchmark import PAPER_RESULTS, make_jobs, run_benchmark, run_categor
 from ulsad.data import load_mask, load_split, make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
 from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device
+from ulsad.devices import resolve_device
 from ulsad.visualize import display_range, overlay
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)

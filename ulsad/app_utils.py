@@ -32,18 +32,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ulsad import checkpoint
-from ulsad.checkpoint import (
-    available_checkpoints,
-    csv_cell,
-    is_hub_repo_id,
-    read_manifest,
-    write_text_atomic,
-)
+from ulsad.checkpoint import available_checkpoints, is_hub_repo_id, read_manifest
+from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
+from ulsad.files import csv_cell, write_text_atomic
 from ulsad.images import IMAGE_EXTENSIONS, load_image, to_tensor
 from ulsad.inference import Prediction
 from ulsad.model import ULSAD
-from ulsad.train import resolve_device
 from ulsad.visualize import colorize, display_range, overlay
 
 MAX_SIDE = 4096  # longer uploads are downscaled before inspection (memory, latency)

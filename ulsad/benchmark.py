@@ -194,7 +194,7 @@ def jsonable(value: Any) -> Any:
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    from ulsad.checkpoint import write_text_atomic
+    from ulsad.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(jsonable(record), indent=2) + "\n")
 
@@ -236,8 +236,8 @@ def run_category(job: Job) -> dict[str, Any]:
     started_at = _now()
     try:
         from ulsad.data import load_mask, load_split
+        from ulsad.devices import resolve_device
         from ulsad.evaluate import evaluate
-        from ulsad.train import resolve_device
 
         device = resolve_device(job.device)
         model, training, trained = _trained_model(job, device)
@@ -560,7 +560,7 @@ def _load_records(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 def summarize(out: str | Path) -> list[Path]:
     """(Re)build `<variant>/summary.{csv,md}` (and `variants.*` for 2+ variants) from the JSONs."""
-    from ulsad.checkpoint import write_text_atomic
+    from ulsad.files import write_text_atomic
 
     out = Path(out)
     if not out.is_dir():
@@ -592,7 +592,7 @@ def summarize(out: str | Path) -> list[Path]:
 
 def _write_variants(out: Path, means: dict[str, list[dict[str, Any]]]) -> list[Path]:
     """The ablation table: one row per (variant, dataset) with the dataset means."""
-    from ulsad.checkpoint import write_text_atomic
+    from ulsad.files import write_text_atomic
 
     keys = ["image_auroc", "pixel_auroc", "aupro"]
     order = [v for v in ABLATIONS if v in means] + sorted(set(means) - set(ABLATIONS))

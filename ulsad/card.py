@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ulsad.checkpoint import CARD_NAME, CONFIG_NAME, write_text_atomic
+from ulsad.checkpoint import CARD_NAME, CONFIG_NAME
 from ulsad.errors import ULSADError
+from ulsad.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

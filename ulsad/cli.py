@@ -167,7 +167,7 @@ def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 
 def _scores_csv(rows: list[tuple[str, float, str]], maps: bool) -> str:
-    from ulsad.checkpoint import csv_cell
+    from ulsad.files import csv_cell
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -187,8 +187,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ulsad.checkpoint import atomic_path, write_text_atomic
     from ulsad.export import load_predictor
+    from ulsad.files import atomic_path, write_text_atomic
     from ulsad.images import load_image
     from ulsad.visualize import overlay
 
@@ -237,9 +237,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ulsad.checkpoint import write_text_atomic
     from ulsad.data import load_mask, load_split
     from ulsad.evaluate import evaluate
+    from ulsad.files import write_text_atomic
     from ulsad.model import ULSAD
 
     check_category(args.category)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from ulsad.data.samples import read_mask
 from ulsad.errors import ULSADError
 from ulsad.metrics import PixelMetrics, SPROMetric, f1_max, image_auroc, saturation_area
 
@@ -43,20 +43,6 @@ class Predictor(Protocol):
     """A model: `predict` returns objects with `.score` and `.anomaly_map` (H, W) per path."""
 
     def predict(self, paths: list[Path], batch_size: int = ...) -> Sequence[Any]: ...
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """One ground-truth mask as bool (> 0 in any channel), nearest-resized to `shape` (H, W)."""
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img)
-    except OSError as err:
-        raise ULSADError(f"cannot read mask {path}: {err}") from err
-    mask = (arr.max(axis=2) if arr.ndim == 3 else arr) > 0
-    if mask.shape != tuple(shape):
-        img = Image.fromarray(mask.astype(np.uint8) * 255)
-        mask = np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 0
-    return mask
 
 
 def _union_mask(sample: Any, shape: tuple[int, int]) -> np.ndarray:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ulsad.checkpoint import atomic_path
 from ulsad.errors import ULSADError
+from ulsad.files import atomic_path
 from ulsad.model import ULSAD, AnomalyMaps
 
 FORMAT = "ulsad-onnx-1"

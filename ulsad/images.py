@@ -133,8 +133,15 @@ def to_tensor(image: Image.Image, size: int) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files below `folder`, recursively, sorted."""
-    return sorted(
-        p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+def is_image(path: Path) -> bool:
+    """An image file by extension (any case); hidden files such as macOS `._x.png` are not."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Sorted image files in `folder` (and below it when `recursive`); none if it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if p.is_file() and is_image(p))

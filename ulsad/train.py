@@ -23,15 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import (
-    atomic_path,
-    remove_stale_temporaries,
-    round_to_storage,
-    save_pretrained,
-    write_text_atomic,
-)
+from ulsad.checkpoint import round_to_storage, save_pretrained
 from ulsad.config import ULSADConfig
+from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
+from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from ulsad.images import find_images, load_image, to_tensor
 from ulsad.model import ULSAD, attention
 from ulsad.synthetic_defects import synthetic_defects
@@ -50,17 +46,6 @@ STATE_NAME = "train_state.pt"
 # commutator), so smaller differences are noise, and the later, longer-trained model is kept.
 STOP_TOLERANCE = 0.005
 EpochCallback = Callable[[int, int, float, float], Any]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or the best available: CUDA, then Apple MPS, then CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def good_training_images(

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ulsad.errors import ULSADError
+from ulsad.images import IMAGE_EXTENSIONS, find_images
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validation", "test")
 
 
@@ -26,21 +26,14 @@ class Sample:
     saturation_thresholds: tuple[float, ...] = ()  # MVTec LOCO only, aligned with mask_paths
 
 
-def is_image(path: Path) -> bool:
-    """An image file by extension (any case); hidden files such as macOS ``._x.png`` are not."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def list_images(folder: Path, *, required: bool = True) -> list[Path]:
-    """Sorted image files directly in ``folder``; if ``required``, finding none is an error."""
-    images = []
-    if folder.is_dir():
-        images = sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
+    """Sorted image files directly in `folder`; if `required`, finding none is an error."""
+    images = find_images(folder, recursive=False)
     if required and not images:
         what = "has no images" if folder.is_dir() else "does not exist"
         raise ULSADError(
-            f"{folder} {what} (expected {', '.join(IMAGE_EXTENSIONS)} files); check --root and the "
-            "dataset layout."
+            f"{folder} {what} (expected {', '.join(IMAGE_EXTENSIONS)} files); check the dataset "
+            "root and its layout."
         )
     return images
 
@@ -73,6 +66,12 @@ def read_mask_array(path: Path) -> np.ndarray:
     return array.max(axis=2) if array.ndim == 3 else array
 
 
+def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """One mask file as bool (any stored value > 0, alpha ignored), nearest-resized to `shape`."""
+    mask = read_mask_array(path) > 0
+    return mask if shape is None or mask.shape == tuple(shape) else _resize(mask, shape)
+
+
 def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Boolean union of the sample's masks (any value > 0), resized (nearest) to ``shape`` = (h, w).
 
@@ -81,7 +80,7 @@ def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarra
     """
     union: np.ndarray | None = None
     for path in sample.mask_paths:
-        mask = read_mask_array(path) > 0
+        mask = read_mask(path)
         if union is not None and mask.shape != union.shape:
             mask = _resize(mask, union.shape)
         union = mask if union is None else union | mask
