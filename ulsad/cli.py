@@ -19,6 +19,11 @@ from pathlib import Path
 from ulsad.errors import ULSADError
 
 EXIT_USAGE = 2
+# How library errors' options are spelled here (see `ulsad.errors`): Python name -> flag.
+FLAGS = {
+    "out_dir": "--out",
+    "restart": "--restart",
+}
 EXIT_INTERRUPTED = 130
 
 
@@ -367,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv  # `ulsad train` records its exact command in the model card
         return args.func(args)
     except ULSADError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error.render(FLAGS)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)

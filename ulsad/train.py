@@ -315,7 +315,9 @@ def train(
         if state["key"] != key:
             raise ULSADError(
                 f"{state_path} belongs to a different training run (other data or settings): "
-                "choose another --out folder, or pass --restart to discard it."
+                "choose another {out_dir} folder, or pass {restart} to discard it.",
+                out_dir="out_dir",
+                restart="resume=False",
             )
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
