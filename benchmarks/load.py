@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gradio_client import Client, handle_file
 
-    from ulsad.checkpoint import WEIGHTS_DIR
+    from ulsad.hub import WEIGHTS_DIR
 
     images = sorted((WEIGHTS_DIR / "bottle" / "examples").glob("*.png"))
     if not images:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulsad.config import ULSADConfig
-from ulsad.model import ULSAD
+from ulsad.model import ULSADModel as ULSAD
 from ulsad.train import channel_statistics
 
 

@@ -34,7 +34,7 @@ from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, 
 from benchmarks.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
-from ulsad.train import build_cache, channel_statistics
+from ulsad.train import build_cache, channel_statistics, make_optimizer, train_step
 
 REFERENCE = "reference paper (eager fp32)"
 
@@ -52,9 +52,12 @@ def timed_steps(step: Any, batches: list[torch.Tensor], device: torch.device, wa
     return times
 
 
-def optimizer_for(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+def reference_optimizer(
+    module: torch.nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Adam:
+    """Adam over the reference's trainable parameters (its backbone is frozen)."""
     params = [p for n, p in module.named_parameters()
-              if p.requires_grad and not n.startswith(("extractor.", "backbone."))]  # fmt: skip
+              if p.requires_grad and not n.startswith("backbone.")]  # fmt: skip
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -71,7 +74,6 @@ def run_preset(
     used = min(len(images), timed * batch_size)  # the cache covers the images that are used
     batches = [b for b in torch.arange(used).split(batch_size) if len(b) > 1]  # as ulsad.train
     batches = batches[: args.warmup] + batches  # warm-up steps repeat the first batches
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     # Feature statistics (as training computes them first), then the cache of the images used.
     with torch.no_grad():
@@ -85,28 +87,19 @@ def run_preset(
     synchronize(device)
     cache_s = (time.perf_counter() - start) * args.images / used
 
-    optimizer = optimizer_for(model, cfg.lr, cfg.weight_decay)
+    optimizer, _ = make_optimizer(model, epochs=1)
 
     def cached_step(index: torch.Tensor) -> None:
-        with autocast:
-            loss = model.losses(*cache.batch(model, index, device)).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, *cache.batch(model, index, device))
 
     def uncached_step(index: torch.Tensor) -> None:
-        batch = images[index].to(device).float().div_(255.0)
-        normalized = model.extractor.normalize(batch)
-        with autocast:
-            loss = model.losses(model.features(normalized), normalized).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        normalized = model.extractor.normalize(images[index].to(device).float().div_(255.0))
+        train_step(model, optimizer, model.features(normalized), normalized)
 
     steps = {f"{preset} (cached features)": cached_step, f"{preset} (no cache)": uncached_step}
     if preset == "paper" or args.reference_for_all:
         reference = reference_from_ulsad(model).train()
-        ref_optimizer = optimizer_for(reference, cfg.lr, cfg.weight_decay)
+        ref_optimizer = reference_optimizer(reference, cfg.lr, cfg.weight_decay)
 
         def reference_step(index: torch.Tensor) -> None:
             loss = reference.loss(images[index].to(device).float().div_(255.0))

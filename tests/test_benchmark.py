@@ -16,6 +16,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ulsad import ULSAD
 from ulsad.benchmark import (
     ABLATIONS,
     PAPER_RESULTS,
@@ -26,7 +27,6 @@ from ulsad.benchmark import (
 from ulsad.cli import main
 from ulsad.data import make_synthetic_dataset
 from ulsad.errors import ULSADError
-from ulsad.model import ULSAD
 
 GOOD = ["alpha", "beta"]
 SETTINGS = ["--epochs", "2", "--set", "image_size=128", "--device", "cpu"]

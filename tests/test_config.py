@@ -8,9 +8,10 @@ import json
 import pytest
 from safetensors.torch import save_file
 
-from ulsad.checkpoint import FORMAT, load_pretrained
+from ulsad.checkpoint import FORMAT
 from ulsad.config import PRESETS, RANGES, ULSADConfig, preset_config
 from ulsad.errors import ULSADError
+from ulsad.hub import load_pretrained
 
 BAD_VALUES = [
     ("image_size", "abc", "image_size must be of type int"),

@@ -100,7 +100,7 @@ def test_sdist_contains_the_embedded_checkpoints(tmp_path):
 
 def test_wheel_loads_and_scores_the_embedded_checkpoint_offline(installed, tmp_path):
     code = (
-        "import json, sys, ulsad; from ulsad import ULSAD; from ulsad.checkpoint import WEIGHTS_DIR\n"
+        "import json, sys, ulsad; from ulsad import ULSAD; from ulsad.hub import WEIGHTS_DIR\n"
         "m = ULSAD.from_pretrained('bottle')\n"
         "print(json.dumps({'file': ulsad.__file__, 'weights': str(WEIGHTS_DIR),"
         " 'score': m.predict(sys.argv[1]).score}))"

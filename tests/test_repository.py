@@ -28,3 +28,49 @@ def test_no_tracked_file_exceeds_10_mb():
     sizes = {str(p.relative_to(ROOT)): p.stat().st_size for p in files if p.is_file()}
     too_big = {name: size for name, size in sizes.items() if size > LIMIT}
     assert not too_big, f"tracked files over 10 MB (a Space refuses them): {too_big}"
+
+
+def private_imports(path: Path) -> list[str]:
+    """`from ulsad.x import _name` and `x._name` on an imported ulsad module, in one file:
+    reaching into another module's private names (a module's own `_names` are its business)."""
+    import ast
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ulsad"):
+            found += [f"{node.module}.{a.name}" for a in node.names if private(a.name)]
+            modules |= {a.asname or a.name for a in node.names}  # may be submodules
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname for a in node.names if a.name.startswith("ulsad") and a.asname}
+    for node in ast.walk(tree):
+        name = (
+            node.value.id
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            else None
+        )
+        if name in modules and private(node.attr):
+            found.append(f"{node.value.id}.{node.attr}")
+    return [f"{path.relative_to(ROOT)}: {name}" for name in found]
+
+
+def test_no_module_imports_another_modules_private_names():
+    files = [*sorted((ROOT / "ulsad").rglob("*.py")), ROOT / "app.py",
+             *sorted((ROOT / "benchmarks").glob("*.py"))]  # fmt: skip
+    assert len(files) > 20
+    found = [hit for path in files for hit in private_imports(path)]
+    assert not found, f"private names used across modules: {found}"
+
+
+def test_private_import_check_can_fail(tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    sample = tmp_path / "x.py"
+    sample.write_text("from ulsad.cli import _parse_overrides\nimport ulsad.checkpoint as checkpoint\n"
+                      "checkpoint._resolve('a')\nfrom ulsad import __version__\n")  # fmt: skip
+    assert private_imports(sample) == [
+        "x.py: ulsad.cli._parse_overrides",
+        "x.py: checkpoint._resolve",
+    ]

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from ulsad import ULSAD
-from ulsad.checkpoint import WEIGHTS_DIR, available_checkpoints, read_manifest
 from ulsad.data import load_mask, load_split
 from ulsad.evaluate import evaluate
+from ulsad.hub import WEIGHTS_DIR, available_checkpoints, read_manifest
 
 # What each model card documents (measured: bottle 0.996; metal_plate 0.998 / 0.988 / 0.935),
 # rounded down: a regression in loading or inference shows up here.

@@ -14,19 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 from ulsad.config import PRESETS, ULSADConfig, preset_config
 from ulsad.errors import ULSADError
+from ulsad.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from ulsad.model import ULSAD, AnomalyMaps
+    from ulsad.detector import ULSAD
+    from ulsad.model import AnomalyMaps
 
 __all__ = ["PRESETS", "ULSAD", "AnomalyMaps", "ULSADConfig", "ULSADError", "preset_config"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     """`ULSAD` and `AnomalyMaps` import torch: loaded on first use, so `ulsad.cli` starts fast
     (and Ctrl-C during start-up reaches its handler)."""
-    if name in ("ULSAD", "AnomalyMaps"):
-        from ulsad import model
+    if name == "ULSAD":
+        from ulsad.detector import ULSAD
 
-        return getattr(model, name)
+        return ULSAD
+    if name == "AnomalyMaps":
+        from ulsad.model import AnomalyMaps
+
+        return AnomalyMaps
     raise AttributeError(f"module 'ulsad' has no attribute {name!r}")

@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ulsad.checkpoint import CARD_NAME, CONFIG_NAME
+from ulsad.checkpoint import CARD_NAME, CONFIG_NAME, TRAINING_NAME
 from ulsad.errors import ULSADError
 from ulsad.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-TRAINING_NAME = "training.json"
 GENERATED = "<!-- ulsad model card: generated from config.json, training.json and eval*.json -->"
 DATASETS = {  # on-disk layout -> (name, licence of the images: a model trained on them inherits it)
     "mvtec_ad": ("MVTec AD", "cc-by-nc-sa-4.0"),

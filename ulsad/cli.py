@@ -106,9 +106,11 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     check_category(args.category)
     check_out_folder(args.out)
-    from ulsad.model import ULSAD
+    from ulsad import ULSAD
 
     overrides = _parse_overrides(args.set)
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
     if args.steps is not None:
         overrides.update(steps=args.steps, epochs=None)
     if args.epochs is not None:
@@ -119,7 +121,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data,
         category=args.category,
         dataset=args.dataset,
-        batch_size=args.batch_size,
         device=args.device,
         out_dir=args.out,
         save_every=args.save_every,
@@ -242,10 +243,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ulsad import ULSAD
     from ulsad.data import load_mask, load_split
     from ulsad.evaluate import evaluate
     from ulsad.files import write_text_atomic
-    from ulsad.model import ULSAD
 
     check_category(args.category)
     out = Path(args.out or f"eval_{args.category}.json")
@@ -273,7 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from ulsad.checkpoint import push_folder
+    from ulsad.hub import push_folder
 
     url = push_folder(
         args.checkpoint, args.repo, token=args.token, private=args.private, license=args.license
@@ -286,7 +287,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_resave(args: argparse.Namespace) -> int:
     import torch
 
-    from ulsad.checkpoint import WEIGHTS_NAME, resave
+    from ulsad.checkpoint import WEIGHTS_NAME
+    from ulsad.hub import resave
 
     storage = {"dtype": torch.float32, "store_backbone": True} if args.full else {}
     out = resave(args.checkpoint, args.out, **storage)

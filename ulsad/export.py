@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ulsad.detector import ULSAD
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path
-from ulsad.model import ULSAD, AnomalyMaps
+from ulsad.model import AnomalyMaps
 
 FORMAT = "ulsad-onnx-1"
 INPUT_NAME = "images"

@@ -17,7 +17,10 @@ from torch import Tensor
 from ulsad.images import load_image, to_tensor
 
 if TYPE_CHECKING:
-    from ulsad.model import ULSAD, AnomalyMaps
+    from ulsad.model import AnomalyMaps, ULSADModel
+
+# What `predict` accepts for one image (see `ulsad.images.load_image`).
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 
 @dataclass
@@ -76,7 +79,7 @@ def predict_batches(
     return results[0] if single else results
 
 
-def predict(model: ULSAD, inputs: Any, batch_size: int = 8) -> Prediction | list[Prediction]:
+def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction | list[Prediction]:
     """Score one input or a list of inputs (see `ulsad.images.load_image` for what is accepted)."""
     threshold = float(model.threshold)
     threshold = None if math.isnan(threshold) else threshold

@@ -1,15 +1,15 @@
 """The ULSAD network: frozen features, a local feature autoencoder, a global image autoencoder.
 
-`ULSAD` is a plain `nn.Module` (forward: images -> anomaly maps); training, checkpoints and
-image loading live in `train.py`, `checkpoint.py` and `images.py` and are reached through thin
-methods here so that users have one object to work with.
+`ULSADModel` is a plain `nn.Module` (forward: images -> anomaly maps) and knows nothing of
+training, files or the Hub. Those layers (`train`, `inference`, `checkpoint`, `hub`) take a
+`ULSADModel`; `ulsad.detector.ULSAD`, the object users hold, is a subclass that adds `fit`,
+`predict`, `save_pretrained` and `from_pretrained` on top of them, so no import points back here.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,10 @@ class AnomalyMaps(NamedTuple):
     global_map: Tensor
 
 
-class ULSAD(nn.Module):
+M = TypeVar("M", bound="ULSADModel")
+
+
+class ULSADModel(nn.Module):
     """ULSAD: structural (local) and logical (global) anomaly maps from one forward pass.
 
     Input: (B, 3, S, S) RGB in [0, 1]. Buffers carry what inference needs besides weights: the
@@ -182,11 +185,13 @@ class ULSAD(nn.Module):
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def from_preset(cls, name: str, pretrained_backbone: bool = True, **overrides: Any) -> ULSAD:
+    def from_preset(
+        cls: type[M], name: str, pretrained_backbone: bool = True, **overrides: Any
+    ) -> M:
         """An untrained model from a named preset (`paper`, `lite`), with config overrides."""
         return cls(preset_config(name, **overrides), pretrained_backbone=pretrained_backbone)
 
-    def train(self, mode: bool = True) -> ULSAD:
+    def train(self: M, mode: bool = True) -> M:
         super().train(mode)
         self.extractor.eval()  # the backbone is frozen, BatchNorm statistics included
         return self
@@ -290,44 +295,3 @@ class ULSAD(nn.Module):
             w = self.fusion_weight
             combined = w * local_map + (1 - w) * global_map
         return AnomalyMaps(combined.amax(dim=(1, 2)), combined, local_map, global_map)
-
-    # ----------------------------------------------------------------------------- user API
-    def predict(self, inputs: Any, batch_size: int = 8) -> Any:
-        """Score images (path, PIL, numpy HxWxC, tensor, or a list of them); maps at original size.
-
-        Returns one `Prediction` for a single input, a list for a list.
-        """
-        from ulsad.inference import predict
-
-        return predict(self, inputs, batch_size=batch_size)
-
-    def fit(self, data: Any, category: str | None = None, **kwargs: Any) -> ULSAD:
-        """Train on good images (a dataset root + category, a folder, or a list); see `ulsad.train`."""
-        from ulsad.train import train
-
-        return train(self, data, category=category, **kwargs)
-
-    def save_pretrained(self, directory: str | Path, **storage: Any) -> Path:
-        """Write `model.safetensors` + `config.json` (atomic; compact for `lite` backbones:
-        `dtype`, `store_backbone`, see `ulsad.checkpoint.save_pretrained`)."""
-        from ulsad.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, **storage)
-
-    @classmethod
-    def from_pretrained(
-        cls, path_or_repo_id: str | Path, revision: str | None = None, **kwargs: Any
-    ) -> ULSAD:
-        """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo
-        (`owner/name`; `revision`: branch, tag or commit; also `device`, `cache_dir`, `token`,
-        `force_download`, `local_files_only`; HF_HUB_OFFLINE=1 reads the cache only)."""
-        from ulsad.checkpoint import load_pretrained
-
-        return load_pretrained(path_or_repo_id, revision=revision, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload the checkpoint and a model card to the Hugging Face Hub (`token`, `private`);
-        returns the commit URL."""
-        from ulsad.checkpoint import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)

@@ -10,6 +10,7 @@ images.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import round_to_storage, save_pretrained
+from ulsad.checkpoint import TRAINING_NAME, round_to_storage, save_pretrained
 from ulsad.config import ULSADConfig
 from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from ulsad.images import find_images, load_image, to_tensor
-from ulsad.model import ULSAD, attention
+from ulsad.model import ULSADModel, attention
 from ulsad.synthetic_defects import synthetic_defects
 from ulsad.validation import (
     FUSION_WEIGHTS,
@@ -40,6 +41,7 @@ from ulsad.validation import (
     map_quantiles,
 )
 
+log = logging.getLogger(__name__)
 STATE_NAME = "train_state.pt"
 # An earlier epoch is kept only if it beats the later ones on synthetic defects by more than
 # this: between epochs of one run the score moves by ~0.001 (7 runs on metal_plate, bottle and
@@ -90,13 +92,13 @@ class FeatureCache:
     features: torch.Tensor  # (N, C, h, w) standardised
     self_attention: torch.Tensor | None
 
-    def batch(self, model: ULSAD, index: torch.Tensor, device: torch.device) -> tuple:
+    def batch(self, model: ULSADModel, index: torch.Tensor, device: torch.device) -> tuple:
         images = self.images[index].to(device).float().div_(255.0)
         target = None if self.self_attention is None else self.self_attention[index].to(device)
         return self.features[index].to(device), model.extractor.normalize(images), target
 
 
-def _load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> torch.Tensor:
+def load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> torch.Tensor:
     """Decode and resize in threads (PIL releases the GIL), cached as uint8 (N, 3, S, S)."""
 
     def load(item: Any) -> torch.Tensor:
@@ -109,8 +111,8 @@ def _load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> 
 
 
 @torch.no_grad()
-def _raw_features(
-    model: ULSAD, images: torch.Tensor, device: torch.device, batch_size: int, progress: bool
+def backbone_features(
+    model: ULSADModel, images: torch.Tensor, device: torch.device, batch_size: int, progress: bool
 ) -> torch.Tensor:
     chunks = []
     for start in tqdm(
@@ -154,7 +156,7 @@ def channel_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def build_cache(
-    model: ULSAD,
+    model: ULSADModel,
     images: torch.Tensor,
     device: torch.device,
     batch_size: int,
@@ -164,7 +166,7 @@ def build_cache(
     """Standardised features (and attention target) of `images`; `raw`: their backbone features,
     if already computed."""
     if raw is None:
-        raw = _raw_features(model, images, device, batch_size, progress)
+        raw = backbone_features(model, images, device, batch_size, progress)
     features = (raw - model.feature_mean) / model.feature_std
     target = None
     if model.config.global_branch and model.config.attention_loss:
@@ -175,7 +177,7 @@ def build_cache(
 
 @torch.no_grad()
 def cache_maps(
-    model: ULSAD, cache: FeatureCache, batch_size: int = 8
+    model: ULSADModel, cache: FeatureCache, batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Blurred, un-normalised local and global maps (N, S, S) of a cached set, on the CPU."""
     model.eval()
@@ -191,7 +193,7 @@ def cache_maps(
 
 @torch.no_grad()
 def calibrate(
-    model: ULSAD, cache: FeatureCache, batch_size: int = 8, defects: FeatureCache | None = None
+    model: ULSADModel, cache: FeatureCache, batch_size: int = 8, defects: FeatureCache | None = None
 ) -> list[float]:
     """Set the map quantiles and default threshold (the highest score) from held-out good images,
     and with synthetic `defects` the best-F1 threshold too; returns the good images' scores."""
@@ -216,7 +218,7 @@ class SyntheticSet:
     masks: torch.Tensor
     kinds: list[str]
 
-    def fusion_table(self, model: ULSAD, good: FeatureCache, batch_size: int) -> dict:
+    def fusion_table(self, model: ULSADModel, good: FeatureCache, batch_size: int) -> dict:
         """Synthetic-defect metrics per candidate fusion weight (the configured one, if fixed)."""
         good_local, good_global = cache_maps(model, good, batch_size)
         defect_local, defect_global = cache_maps(model, self.cache, batch_size)
@@ -226,7 +228,7 @@ class SyntheticSet:
         return fusion_table(maps, model.config.quantiles, weights)
 
 
-def _trainable(model: ULSAD) -> dict[str, torch.Tensor]:
+def trainable_state(model: ULSADModel) -> dict[str, torch.Tensor]:
     """The trained part of the state (the frozen backbone is rebuilt from its weights)."""
     return {
         k: v.detach().clone()
@@ -235,202 +237,277 @@ def _trainable(model: ULSAD) -> dict[str, torch.Tensor]:
     }
 
 
-def _state(
-    model: ULSAD, optimizer, scheduler, epoch: int, history: list, key: str, best: dict | None
-) -> dict:
-    trainable = _trainable(model)
-    return {
-        "best": best,
-        "epoch": epoch,
-        "key": key,
-        "model": trainable,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": json.dumps(history),
-    }
+def training_data(
+    data: Any, category: str | None, dataset: str, config: ULSADConfig
+) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) good images: the dataset's validation split, else `val_fraction` of the
+    training images held out."""
+    train_items, val_items = good_training_images(data, category, dataset)
+    if not val_items:
+        train_items, val_items = split_holdout(train_items, config.val_fraction, config.seed)
+    if len(train_items) < 2:
+        raise ULSADError(f"Need at least 2 good training images, got {len(train_items)}.")
+    return train_items, val_items
+
+
+def run_key(config: ULSADConfig, epochs: int, train_items: list, val_items: list) -> str:
+    """What a resume state must match: the config, the budget and the exact images."""
+    return json.dumps(
+        {"config": config.to_dict(), "epochs": epochs, "batch_size": config.batch_size,
+         "train": [str(x) for x in train_items], "val": [str(x) for x in val_items]},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+
+
+def make_optimizer(model: ULSADModel, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam over the trainable branches, and the config's learning-rate schedule (per epoch)."""
+    cfg = model.config
+    params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    milestones = list(cfg.lr_milestones)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_gamma)
+
+
+def train_step(
+    model: ULSADModel,
+    optimizer: torch.optim.Optimizer,
+    features: torch.Tensor,
+    normalized_images: torch.Tensor,
+    self_attention: torch.Tensor | None = None,
+) -> float:
+    """One optimiser step on one batch (bf16 autocast on CUDA); returns the batch's loss."""
+    device_type = features.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        loss = model.losses(features, normalized_images, self_attention).total
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def epoch_batches(n_train: int, config: ULSADConfig, epoch: int) -> list[torch.Tensor]:
+    """Cache indices of one epoch's batches: a seeded shuffle, one version of each image (the
+    original or an augmented copy), no batch of one (BatchNorm needs two samples)."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(n_train, generator=generator)
+    if config.augment_copies:
+        order += n_train * torch.randint(0, config.augment_copies + 1, (n_train,),
+                                         generator=generator)  # fmt: skip
+    return [b for b in order.split(config.batch_size) if len(b) > 1]
+
+
+@dataclass
+class TrainingSets:
+    """Everything an epoch reads, computed once: cached training and held-out images, and the
+    synthetic defects on the held-out ones (None when `synthetic_defects` is 0)."""
+
+    train: FeatureCache
+    heldout: FeatureCache
+    synthetic: SyntheticSet | None
+    n_train: int  # real training images (the cache also holds their augmented copies)
+
+
+def prepare_sets(
+    model: ULSADModel,
+    train_items: list[Any],
+    val_items: list[Any],
+    device: torch.device,
+    progress: bool,
+    fit_statistics: bool = True,
+) -> TrainingSets:
+    """Decode, augment, extract and cache; with `fit_statistics`, first set the model's feature
+    statistics from the real training images (a resumed run keeps its own)."""
+    cfg, size, batch_size = model.config, model.config.image_size, model.config.batch_size
+    train_images = load_images(train_items, size, progress, "loading training images")
+    val_images = load_images(val_items, size, progress, "loading held-out images")
+    if cfg.augment_copies:
+        train_images = torch.cat([train_images, augmented_copies(train_images, cfg, cfg.seed)])
+    raw = backbone_features(model, train_images, device, batch_size, progress)
+    if fit_statistics:  # statistics of the real images only (the originals come first)
+        mean, std = channel_statistics(raw[: len(train_items)])
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+    train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
+    del raw
+    synthetic = None
+    if cfg.synthetic_defects:
+        defects, masks, kinds = synthetic_defects(val_images, cfg.synthetic_defects, cfg.seed)
+        defect_cache = build_cache(model, defects, device, batch_size, progress)
+        synthetic = SyntheticSet(defect_cache, masks, kinds)
+    heldout = build_cache(model, val_images, device, batch_size, progress)
+    return TrainingSets(train_cache, heldout, synthetic, len(train_items))
+
+
+def validation_epochs(config: ULSADConfig, epochs: int) -> set[int]:
+    """The `validation_points` evenly spaced epochs at which synthetic defects compare the model
+    so far (the last epoch included)."""
+    points = min(config.validation_points, epochs)
+    return {math.ceil(epochs * (i + 1) / points) for i in range(points)}
+
+
+class EpochChoice:
+    """The epoch to keep, by synthetic-defect score: the latest within `STOP_TOLERANCE` of the
+    best so far (a resume state carries it as `state`)."""
+
+    def __init__(self, state: dict | None = None) -> None:
+        self.state = state
+
+    def consider(self, model: ULSADModel, epoch: int, table: dict[float, dict]) -> dict:
+        """Record `epoch`'s fusion table; keep its weights if it is (near) the best."""
+        weight = best_weight(table)
+        score = table[weight]["score"]
+        top = max(score, self.state["top"]) if self.state is not None else score
+        if score >= top - STOP_TOLERANCE:  # later epochs win near-ties
+            self.state = {"score": score, "top": top, "epoch": epoch, "local_weight": weight,
+                          "table": json.dumps(table), "model": trainable_state(model)}  # fmt: skip
+        else:
+            self.state["top"] = top
+        return {"local_weight": weight, **table[weight]}
+
+    def apply(self, model: ULSADModel) -> None:
+        """Load the kept epoch's weights and its fusion weight into `model`."""
+        model.load_state_dict(self.state["model"], strict=False)
+        model.config = model.config.replace(local_weight=self.state["local_weight"])
+
+
+def save_state(path: Path, model: ULSADModel, optimizer, scheduler, epoch: int, history: list,
+               key: str, choice: EpochChoice) -> None:  # fmt: skip
+    """The resume state, atomically: trained weights, optimiser, schedule, history, kept epoch."""
+    state = {"best": choice.state, "epoch": epoch, "key": key, "model": trainable_state(model),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "history": json.dumps(history)}  # fmt: skip
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, key: str, model: ULSADModel, optimizer, scheduler,
+               device: torch.device) -> tuple[int, list, EpochChoice]:  # fmt: skip
+    """Restore a resume state of the same run; returns (epochs done, history, kept epoch)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state["key"] != key:
+        raise ULSADError(
+            f"{path} belongs to a different training run (other data or settings): "
+            "choose another {out_dir} folder, or pass {restart} to discard it.",
+            out_dir="out_dir",
+            restart="resume=False",
+        )
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"], json.loads(state["history"]), EpochChoice(state.get("best"))
+
+
+def run_epoch(model: ULSADModel, optimizer, sets: TrainingSets, epoch: int,
+              device: torch.device) -> float:  # fmt: skip
+    """One epoch of optimiser steps; returns the mean training loss."""
+    model.train()
+    batches = epoch_batches(sets.n_train, model.config, epoch)
+    total = 0.0
+    for index in batches:
+        total += train_step(model, optimizer, *sets.train.batch(model, index, device)) * len(index)
+    return total / sum(len(b) for b in batches)
 
 
 def train(
-    model: ULSAD,
+    model: ULSADModel,
     data: Any,
     category: str | None = None,
     *,
     dataset: str = "mvtec_ad",
-    epochs: int | None = None,
-    batch_size: int | None = None,
     device: str | torch.device | None = None,
     out_dir: str | Path | None = None,
     save_every: int = 5,
     resume: bool = True,
     progress: bool = True,
     callback: EpochCallback | None = None,
-) -> ULSAD:
+) -> ULSADModel:
     """Train `model` on good images and calibrate it; returns the model (trained in place).
 
     `data`: a dataset root with `category` (layout `dataset`, see `ulsad.data`), a folder of good
-    images, or a list of images. With `out_dir`, a resumable training state is written every
-    `save_every` epochs and the final checkpoint (`save_pretrained`) at the end; re-running with
-    the same `out_dir` continues an interrupted run. `callback(epoch, epochs, train_loss,
-    val_loss)` is called after every epoch (for progress bars; an exception stops training).
+    images, or a list of images. The schedule (`epochs` or `steps`, `batch_size`, `lr`...) is the
+    model's config. With `out_dir`, a resumable training state is written every `save_every`
+    epochs and the final checkpoint (`save_pretrained`) at the end; re-running with the same
+    `out_dir` continues an interrupted run. `callback(epoch, epochs, train_loss, val_loss)` is
+    called after every epoch (for progress bars; an exception stops training).
     """
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+        raise ULSADError(f"save_every must be an integer >= 1, got {save_every!r}.")
     cfg = model.config
-    for name, value, low in (("epochs", 1 if epochs is None else epochs, 1),
-                             ("batch_size", cfg.batch_size if batch_size is None else batch_size, 2),
-                             ("save_every", save_every, 1)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ULSADError(f"{name} must be an integer >= {low}, got {value!r}.")
-    if batch_size is not None and batch_size != cfg.batch_size:
-        cfg = model.config = cfg.replace(batch_size=batch_size)
-    batch_size = cfg.batch_size
     device = resolve_device(device)
     model.to(device)
-    if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
-        remove_stale_temporaries(out_dir, [STATE_NAME, "training.json", "model.safetensors",
-                                           "config.json"])  # fmt: skip
-
-    train_items, val_items = good_training_images(data, category, dataset)
-    if not val_items:
-        train_items, val_items = split_holdout(train_items, cfg.val_fraction, cfg.seed)
-    if len(train_items) < 2:
-        raise ULSADError(f"Need at least 2 good training images, got {len(train_items)}.")
-    epochs = cfg.training_epochs(len(train_items)) if epochs is None else epochs
-    key = json.dumps(
-        {"config": cfg.to_dict(), "epochs": epochs, "batch_size": batch_size,
-         "train": [str(x) for x in train_items], "val": [str(x) for x in val_items]},
-        sort_keys=True, default=str,
-    )  # fmt: skip
-
-    params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, list(cfg.lr_milestones), cfg.lr_gamma
-        )
-    start_epoch, history, best = 0, [], None
     state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
+    if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
+        remove_stale_temporaries(out_dir, [STATE_NAME, TRAINING_NAME, "model.safetensors",
+                                           "config.json"])  # fmt: skip
+    train_items, val_items = training_data(data, category, dataset, cfg)
+    epochs = cfg.training_epochs(len(train_items))
+    key = run_key(cfg, epochs, train_items, val_items)
+    optimizer, scheduler = make_optimizer(model, epochs)
+    start_epoch, history, choice = 0, [], EpochChoice()
     if state_path is not None and state_path.is_file() and resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["key"] != key:
-            raise ULSADError(
-                f"{state_path} belongs to a different training run (other data or settings): "
-                "choose another {out_dir} folder, or pass {restart} to discard it.",
-                out_dir="out_dir",
-                restart="resume=False",
-            )
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], json.loads(state["history"])
-        best = state.get("best")
-        if progress:
-            tqdm.write(f"Resuming from {state_path} at epoch {start_epoch}/{epochs}.")
+        start_epoch, history, choice = load_state(
+            state_path, key, model, optimizer, scheduler, device
+        )
+        log.info("resuming from %s at epoch %d/%d", state_path, start_epoch, epochs)
 
     started = time.perf_counter()
-    size = cfg.image_size
-    train_images = _load_images(train_items, size, progress, "loading training images")
-    val_images = _load_images(val_items, size, progress, "loading held-out images")
-    if cfg.augment_copies:
-        copies = augmented_copies(train_images, cfg, cfg.seed)
-        train_images = torch.cat([train_images, copies])
-    raw = _raw_features(model, train_images, device, batch_size, progress)
-    if start_epoch == 0:  # statistics of the real images only (the originals come first)
-        mean, std = channel_statistics(raw[: len(train_items)])
-        model.feature_mean.copy_(mean)
-        model.feature_std.copy_(std)
-    train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
-    del raw
-    val_cache = build_cache(model, val_images, device, batch_size, progress)
-    synthetic = None
-    if cfg.synthetic_defects:
-        defect_images, masks, kinds = synthetic_defects(val_images, cfg.synthetic_defects, cfg.seed)
-        defect_cache = build_cache(model, defect_images, device, batch_size, progress)
-        synthetic = SyntheticSet(defect_cache, masks, kinds)
-    # Epochs at which the synthetic validation compares the model so far (the last one included).
-    points = min(cfg.validation_points, epochs)
-    validation_epochs = {math.ceil(epochs * (i + 1) / points) for i in range(points)}
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    n = len(train_items)
+    sets = prepare_sets(model, train_items, val_items, device, progress, start_epoch == 0)
+    checked = validation_epochs(cfg, epochs) if sets.synthetic is not None else set()
     bar = tqdm(range(start_epoch, epochs), desc="training", disable=not progress, unit="epoch",
                initial=start_epoch, total=epochs)  # fmt: skip
     for epoch in bar:
-        model.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=generator)
-        if cfg.augment_copies:  # one version of each image: the original or a copy
-            order += n * torch.randint(0, cfg.augment_copies + 1, (n,), generator=generator)
-        batches = [b for b in order.split(batch_size) if len(b) > 1]  # BatchNorm needs 2+ samples
-        total = 0.0
-        for index in batches:
-            with autocast:
-                loss = model.losses(*train_cache.batch(model, index, device)).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
+        train_loss = run_epoch(model, optimizer, sets, epoch, device)
         scheduler.step()
-        train_loss = total / sum(len(b) for b in batches)
-        val_loss = evaluate_loss(model, val_cache, batch_size)
+        val_loss = evaluate_loss(model, sets.heldout, cfg.batch_size)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
-        if synthetic is not None and epoch + 1 in validation_epochs:
-            table = synthetic.fusion_table(model, val_cache, batch_size)
-            weight = best_weight(table)
-            history[-1]["synthetic"] = {"local_weight": weight, **table[weight]}
-            score = table[weight]["score"]
-            top = max(score, best["top"]) if best is not None else score
-            if score >= top - STOP_TOLERANCE:  # later epochs win near-ties
-                best = {"score": score, "top": top, "epoch": epoch + 1,
-                        "local_weight": weight, "table": json.dumps(table),
-                        "model": _trainable(model)}  # fmt: skip
-            else:
-                best["top"] = top
+        if epoch + 1 in checked:
+            table = sets.synthetic.fusion_table(model, sets.heldout, cfg.batch_size)
+            history[-1]["synthetic"] = choice.consider(model, epoch + 1, table)
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
         if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
-            with atomic_path(state_path) as tmp:
-                torch.save(_state(model, optimizer, scheduler, epoch + 1, history, key, best), tmp)
+            save_state(state_path, model, optimizer, scheduler, epoch + 1, history, key, choice)
         if callback is not None:
             callback(epoch + 1, epochs, train_loss, val_loss)
 
-    choice = None
-    if best is not None:  # the best epoch on synthetic defects, and its fusion weight
-        model.load_state_dict(best["model"], strict=False)
-        model.config = model.config.replace(local_weight=best["local_weight"])
-        choice = {
+    selection = None
+    if choice.state is not None:  # the best epoch on synthetic defects, and its fusion weight
+        choice.apply(model)
+        selection = {
             "defects": cfg.synthetic_defects,
-            "kinds": sorted(set(synthetic.kinds)),
-            "epochs_compared": sorted(validation_epochs),
-            "chosen_epoch": best["epoch"],
-            "local_weight": best["local_weight"],
-            "fusion_table": json.loads(best["table"]),
+            "kinds": sorted(set(sets.synthetic.kinds)),
+            "epochs_compared": sorted(checked),
+            "chosen_epoch": choice.state["epoch"],
+            "local_weight": choice.state["local_weight"],
+            "fusion_table": json.loads(choice.state["table"]),
         }
     round_to_storage(model)  # as the checkpoint stores it: the threshold fits what loads
-    scores = calibrate(model, val_cache, batch_size, synthetic.cache if synthetic else None)
+    defects = sets.synthetic.cache if sets.synthetic is not None else None
+    scores = calibrate(model, sets.heldout, cfg.batch_size, defects)
     model.eval()
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        save_pretrained(model, out_dir)
+        save_pretrained(model, Path(out_dir))
         summary = {
             "epochs": epochs,
-            "n_train": n,
+            "n_train": sets.n_train,
             "n_heldout": len(val_items),
             "heldout_scores": scores,
             "threshold": float(model.threshold),
             "threshold_f1": float(model.threshold_f1),
-            "steps": epochs * cfg.steps_per_epoch(n),
-            "synthetic_validation": choice,
+            "steps": epochs * cfg.steps_per_epoch(sets.n_train),
+            "synthetic_validation": selection,
             "seconds": time.perf_counter() - started,
             "device": str(device),
             "history": history,
         }
-        write_text_atomic(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(Path(out_dir) / TRAINING_NAME, json.dumps(summary, indent=2) + "\n")
         state_path.unlink(missing_ok=True)
     return model
 
 
 @torch.no_grad()
-def evaluate_loss(model: ULSAD, cache: FeatureCache, batch_size: int) -> float:
+def evaluate_loss(model: ULSADModel, cache: FeatureCache, batch_size: int) -> float:
     """Mean total loss over a cached set, in eval mode (the held-out validation loss)."""
     model.eval()
     total = 0.0

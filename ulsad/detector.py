@@ -1,0 +1,95 @@
+"""`ULSAD`, the one object users hold: the network (`ULSADModel`) plus `fit`, `predict`,
+`save_pretrained`, `from_pretrained` and `push_to_hub`.
+
+The network module knows nothing of training, files or the Hub; the layers that do take a
+`ULSADModel`. This subclass sits above all of them and delegates, so users keep one object and
+every import points down (config -> model -> training / inference / hub -> detector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import torch
+
+from ulsad import hub
+from ulsad.checkpoint import save_pretrained
+from ulsad.inference import ImageInput, Prediction, predict
+from ulsad.model import ULSADModel
+from ulsad.train import EpochCallback, train
+
+
+class ULSAD(ULSADModel):
+    """ULSAD anomaly detector: structural (local) and logical (global) maps from one forward pass.
+
+    `ULSAD.from_preset("lite").fit(...)` trains; `ULSAD.from_pretrained("bottle")` loads;
+    `model.predict(path_or_image)` scores. It is a plain `nn.Module` too (`model(images)`).
+    """
+
+    @overload
+    def predict(self, inputs: ImageInput, batch_size: int = 8) -> Prediction: ...
+    @overload
+    def predict(self, inputs: Sequence[ImageInput], batch_size: int = 8) -> list[Prediction]: ...
+
+    def predict(
+        self, inputs: ImageInput | Sequence[ImageInput], batch_size: int = 8
+    ) -> Prediction | list[Prediction]:
+        """Score images (path, PIL, numpy HxWxC, tensor, or a list of them); maps at original size.
+
+        Returns one `Prediction` for a single input, a list for a list.
+        """
+        return predict(self, inputs, batch_size=batch_size)
+
+    def fit(
+        self,
+        data: str | Path | Sequence[Any],
+        category: str | None = None,
+        *,
+        dataset: str = "mvtec_ad",
+        device: str | torch.device | None = None,
+        out_dir: str | Path | None = None,
+        save_every: int = 5,
+        resume: bool = True,
+        progress: bool = True,
+        callback: EpochCallback | None = None,
+    ) -> ULSAD:
+        """Train on good images and calibrate, in place (see `ulsad.train.train`): a dataset
+        root + `category`, a folder of good images, or a list of images. The schedule (epochs or
+        steps, batch size, learning rate) is the config's."""
+        train(self, data, category, dataset=dataset, device=device, out_dir=out_dir,
+              save_every=save_every, resume=resume, progress=progress, callback=callback)  # fmt: skip
+        return self
+
+    def save_pretrained(
+        self, directory: str | Path, dtype: torch.dtype | None = None,
+        store_backbone: bool | None = None,
+    ) -> Path:  # fmt: skip
+        """Write `model.safetensors` + `config.json` atomically (compact for `lite` backbones; see
+        `ulsad.checkpoint.save_pretrained` for `dtype` and `store_backbone`)."""
+        return save_pretrained(self, directory, dtype=dtype, store_backbone=store_backbone)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        device: str | torch.device = "cpu",
+        local: bool = True,
+        **download: Any,
+    ) -> ULSAD:
+        """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo
+        (`owner/name`; `revision`: branch, tag or commit). `download`: `cache_dir`, `token`,
+        `force_download`, `local_files_only` (HF_HUB_OFFLINE=1 reads the cache only).
+        `local=False` refuses local folders (what a public app accepts from its users)."""
+        return hub.load_pretrained(path_or_repo_id, revision=revision, device=device, local=local,
+                                   model_class=cls, **download)  # fmt: skip
+
+    def push_to_hub(
+        self, repo_id: str, token: str | None = None, private: bool = False,
+        commit_message: str = "Upload ULSAD checkpoint",
+    ) -> str:  # fmt: skip
+        """Upload the checkpoint and a model card to the Hugging Face Hub; returns the commit URL."""
+        return hub.push_to_hub(self, repo_id, token=token, private=private,
+                               commit_message=commit_message)  # fmt: skip
