@@ -43,18 +43,11 @@ class ULSAD(ULSADModel):
         return predict(self, inputs, batch_size=batch_size)
 
     def fit(
-        self,
-        data: str | Path | Sequence[Any],
-        category: str | None = None,
-        *,
-        dataset: str = "mvtec_ad",
-        device: str | torch.device | None = None,
-        out_dir: str | Path | None = None,
-        save_every: int = 5,
-        resume: bool = True,
-        progress: bool = True,
-        callback: EpochCallback | None = None,
-    ) -> ULSAD:
+        self, data: str | Path | Sequence[Any], category: str | None = None, *,
+        dataset: str = "mvtec_ad", device: str | torch.device | None = None,
+        out_dir: str | Path | None = None, save_every: int = 5, resume: bool = True,
+        progress: bool = True, callback: EpochCallback | None = None,
+    ) -> ULSAD:  # fmt: skip
         """Train on good images and calibrate, in place (see `ulsad.train.train`): a dataset
         root + `category`, a folder of good images, or a list of images. The schedule (epochs or
         steps, batch size, learning rate) is the config's."""
