@@ -23,15 +23,12 @@ import math
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, write_json
-from benchmarks.reference import reference_from_ulsad
+from tests.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
 from ulsad.train import build_cache, channel_statistics
