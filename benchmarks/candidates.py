@@ -1,6 +1,6 @@
 """One candidate setting of `lite`, trained and scored on real data: how the defaults were chosen.
 
-    python benchmarks/candidates.py --category mpdd:../shared/data/mpdd:metal_plate \
+    python -m benchmarks.candidates --category mpdd:../shared/data/mpdd:metal_plate \
         --set feature_aggregation=3 --name agg3 --out benchmarks/reports/candidates.jsonl
 
 Trains `ULSAD.from_preset("lite", **overrides)` with `ULSAD.fit` (held-out good images and
@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ulsad import ULSAD
 from ulsad.data import load_mask, load_split

@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: machine description, timing, peak memory, tables, JSON."""
+"""What the benchmark scripts share: machine description, timing, peak memory, tables, JSON.
+
+The scripts run as modules from the repository root (`python -m benchmarks.inference`), so they
+import `benchmarks.common` and the eager reference `tests.reference` without touching sys.path,
+and `ulsad` is the installed package.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
@@ -14,10 +18,18 @@ from typing import Any
 
 import torch
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def python_module(module: str) -> list[str]:
+    """The command that runs `module` (e.g. "benchmarks.inference") as `python -m`, from
+    REPOSITORY (pass it as cwd): how a script re-runs itself as a memory probe."""
+    return [sys.executable, "-m", module]
+
 
 def machine(device: torch.device) -> dict[str, Any]:
     """Where the numbers come from: hardware, versions, threads and the machine's load."""
-    from ulsad.benchmark import environment
+    from ulsad.experiments.provenance import environment
 
     return {
         **environment(device),
@@ -101,8 +113,7 @@ def write_json(path: str | Path | None, report: dict[str, Any]) -> None:
         os.getloadavg() if hasattr(os, "getloadavg") else None
     )
     if path is not None:
-        from ulsad.benchmark import jsonable
-        from ulsad.files import write_text_atomic
+        from ulsad.experiments.provenance import write_json as write_strict_json
 
-        write_text_atomic(Path(path), json.dumps(jsonable(report), indent=2) + "\n")
+        write_strict_json(path, report)
         print(f"Wrote {path}")

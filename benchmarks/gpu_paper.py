@@ -1,6 +1,6 @@
 """The paper configuration on a GPU: train 200 epochs on one real category, time it, evaluate it.
 
-    python benchmarks/gpu_paper.py ../shared/data/mvtec_ad bottle --out benchmarks/results/gpu_paper_bottle.json
+    python -m benchmarks.gpu_paper ../shared/data/mvtec_ad bottle --out benchmarks/results/gpu_paper_bottle.json
 
 Trains the `paper` preset with `ULSAD.fit` (cached backbone features, bf16 autocast on CUDA) and
 writes a JSON report: seconds per epoch, total time, peak GPU memory, inference throughput at
@@ -30,13 +30,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import interleaved, machine, median, peak_rss_mb, write_json
 from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import PAPER_RESULTS
 from ulsad.data import load_mask, load_split
 from ulsad.evaluate import evaluate
+from ulsad.experiments import PAPER_RESULTS
 
 
 def load_backbone_weights(model: ULSAD, path: Path) -> None:

@@ -1,11 +1,11 @@
 """Inference speed and memory of each preset, against the paper architecture's plain eager baseline.
 
-    python benchmarks/inference.py --out benchmarks/results/inference_cpu.json
+    python -m benchmarks.inference --out benchmarks/results/inference_cpu.json
 
 Per 256x256 image, on CPU (and CUDA when present): latency at batch 1 (median after warm-up),
 throughput at batch 16, peak memory, parameters, FLOPs (torch's FLOP counter) and checkpoint size,
 for our PyTorch path, our ONNX Runtime path and (with --compile) torch.compile. In the same run and
-on the same inputs it times `benchmarks/reference.py`, a straightforward eager fp32
+on the same inputs it times `tests/reference.py`, a straightforward eager fp32
 reimplementation of the reference forward pass (paper configuration), checks that its maps equal
 ours on the same weights, and reports each time over the baseline's. Timings are interleaved
 (baseline, ours, baseline, ...) so that other load on the machine hits all of them alike; the
@@ -33,18 +33,18 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import (
+    REPOSITORY,
     interleaved,
     machine,
     matmul_gflops,
     median,
     peak_rss_mb,
+    python_module,
     table,
     write_json,
 )
-from benchmarks.reference import ReferenceULSAD, reference_from_ulsad, set_statistics
+from tests.reference import ReferenceULSAD, reference_from_ulsad, set_statistics
 from ulsad import ULSAD, ULSADConfig
 from ulsad.checkpoint import save_pretrained
 
@@ -97,11 +97,11 @@ def memory_probe(kind: str, path: str, batch_sizes: list[int], threads: int | No
 
 
 def cpu_memory(kind: str, path: Path, batch_sizes: list[int], threads: int | None) -> dict:
-    command = [sys.executable, __file__, "--memory-probe", kind, str(path),
+    command = [*python_module(__spec__.name), "--memory-probe", kind, str(Path(path).resolve()),
                "--batch-sizes", *map(str, batch_sizes)]  # fmt: skip
     if threads:
         command += ["--threads", str(threads)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPOSITORY).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -1,6 +1,6 @@
 """Peak memory of `ulsad predict --save-maps` on one large image (README, "Command line").
 
-    python benchmarks/large_image_memory.py --megapixels 144 --out benchmarks/reports/large_image_memory.json
+    python -m benchmarks.large_image_memory --megapixels 144 --out benchmarks/reports/large_image_memory.json
 
 Writes a smooth square PNG of about `--megapixels` (in this process), then runs the CLI on it in
 a child process and reports the child's peak resident memory (ru_maxrss) and time.
@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_json
 

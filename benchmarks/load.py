@@ -1,6 +1,6 @@
 """Load benchmark: N concurrent `/inspect` clients against a local app, for a bounded time.
 
-    python benchmarks/load.py --clients 3 --seconds 45 --out benchmarks/reports/load.json
+    python -m benchmarks.load --clients 3 --seconds 45 --out benchmarks/reports/load.json
 
 Starts `app.py` in a child process on a free loopback port (127.0.0.1 only, offline), waits
 until it answers, then runs `--clients` gradio_client clients in threads, each calling
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import REPOSITORY, write_json
 
-from benchmarks.common import write_json  # noqa: E402
+ROOT = REPOSITORY
 
 
 def free_port() -> int:

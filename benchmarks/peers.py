@@ -1,6 +1,6 @@
 """ULSAD's lite preset against anomalib's PatchCore and PaDiM, trained and scored in one run.
 
-    python benchmarks/peers.py --category mpdd:/data/mpdd:metal_plate \\
+    python -m benchmarks.peers --category mpdd:/data/mpdd:metal_plate \\
         --category mvtec_ad:/data/kolektorsdd:commutator --out benchmarks/reports/peers_cpu.json
 
 Each `--category DATASET:ROOT:CATEGORY` (a `ulsad.data` layout name, its root, a category) is
@@ -83,9 +83,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import interleaved, machine, median, peak_rss_mb, table, write_json
+from benchmarks.common import (
+    REPOSITORY,
+    interleaved,
+    machine,
+    median,
+    peak_rss_mb,
+    python_module,
+    table,
+    write_json,
+)
 from ulsad import ULSAD
 from ulsad.backbones import lite_state_dict
 from ulsad.data import load_mask, load_split
@@ -290,13 +297,14 @@ def memory_probe(kind: str, path: str, args: argparse.Namespace) -> None:
 
 
 def measure_memory(kind: str, path: Path, images: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--memory-probe", kind, str(path), "--probe-images",
-               str(images), "--peer-normalization", args.peer_normalization]  # fmt: skip
+    command = [*python_module(__spec__.name), "--memory-probe", kind, str(Path(path).resolve()),
+               "--probe-images", str(Path(images).resolve()),
+               "--peer-normalization", args.peer_normalization]  # fmt: skip
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.device:
         command += ["--device", args.device]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
     if done.returncode:
         raise RuntimeError(f"memory probe of {kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -465,7 +473,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         "# ulsad lite against anomalib PatchCore and PaDiM",
         "",
-        f"`python benchmarks/peers.py {' '.join(report['argv'])}`"
+        f"`python -m benchmarks.peers {' '.join(report['argv'])}`"
         + (" (**--quick smoke run: numbers mean nothing**)" if s["quick"] else ""),
         "",
         f"Machine: {m.get('cpu')} ({m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch "

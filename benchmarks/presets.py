@@ -1,6 +1,6 @@
 """Cost of candidate head widths for a CPU preset: FLOPs, latency, training step, checkpoint size.
 
-    python benchmarks/presets.py --out benchmarks/reports/presets_cpu.json
+    python -m benchmarks.presets --out benchmarks/reports/presets_cpu.json
 
 For each candidate (the `lite` preset with config overrides) it measures, in one interleaved run:
 inference GFLOP per 256x256 image, PyTorch batch-1 latency, the cached training step (the loop of
@@ -26,8 +26,6 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import interleaved, machine, median, table, write_json
 from ulsad import ULSAD

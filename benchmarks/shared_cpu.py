@@ -1,6 +1,6 @@
 """Training speed on idle and on shared cores, with and without ulsad's OpenMP default.
 
-    python benchmarks/shared_cpu.py --out benchmarks/reports/shared_cpu.json
+    python -m benchmarks.shared_cpu --out benchmarks/reports/shared_cpu.json
 
 `import ulsad` sets OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep) unless the user set it.
 This measures what that default buys. Each run is a fresh process that trains `lite` for a fixed
@@ -27,8 +27,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import median, write_json
 

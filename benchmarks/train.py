@@ -1,11 +1,11 @@
 """Training speed: seconds per epoch over a category of 200 images, with and without the feature cache.
 
-    python benchmarks/train.py --out benchmarks/results/train_cpu.json
+    python -m benchmarks.train --out benchmarks/results/train_cpu.json
 
 Per preset it times the training loop of `ulsad.train` (Adam steps on batches of 8; bf16 autocast
 on CUDA): with the cache (backbone features and the self-attention target computed once, as
 `ulsad.train` does) and without it (backbone and attention target on every batch). The baseline,
-timed in the same run, is the reference implementation's training step (`benchmarks/reference.py`,
+timed in the same run, is the reference implementation's training step (`tests/reference.py`,
 paper configuration, eager fp32, no cache). By default the lite preset runs full epochs and the
 slower ones a few batches, extrapolated to an epoch (`--batches`, `--full`); the one-off cost of
 building the cache is reported separately.
@@ -23,15 +23,12 @@ import math
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, write_json
-from benchmarks.reference import reference_from_ulsad
+from tests.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
 from ulsad.train import build_cache, channel_statistics, make_optimizer, train_step

@@ -1,6 +1,6 @@
 """Peak memory of the app's worst allowed uploads (README, "Demo app", limits).
 
-    python benchmarks/upload_memory.py --out benchmarks/reports/upload_memory.json
+    python -m benchmarks.upload_memory --out benchmarks/reports/upload_memory.json
 
 Each case runs in a child process: load the checkpoint, warm up on a small image, then read the
 upload the way the app does (`load_upload`: refused above the pixel limit before decoding, JPEGs
@@ -28,9 +28,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import peak_rss_mb, table, write_json
+from benchmarks.common import REPOSITORY, peak_rss_mb, python_module, table, write_json
 
 
 def make_uploads(folder: Path, max_pixels: int) -> dict[str, Path]:
@@ -106,13 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ulsad import app_utils as au
 
+    # the probes run from the repository root: a checkpoint folder is passed as an absolute path
+    local = Path(args.checkpoint)
+    checkpoint = str(local.resolve()) if local.exists() else args.checkpoint
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         uploads = make_uploads(Path(tmp), au.MAX_UPLOAD_PIXELS)
         for case, path in uploads.items():
             for n in args.concurrent:
-                command = [sys.executable, __file__, "--probe", args.checkpoint, str(path), str(n)]
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                command = [*python_module(__spec__.name), "--probe", checkpoint, str(path), str(n)]
+                out = subprocess.run(command, capture_output=True, text=True, check=True,
+                                     cwd=REPOSITORY).stdout  # fmt: skip
                 result = json.loads(out.strip().splitlines()[-1])
                 result |= {
                     "case": case,

@@ -17,16 +17,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ulsad import ULSAD
-from ulsad.benchmark import (
+from ulsad.cli import main
+from ulsad.data import make_synthetic_dataset
+from ulsad.errors import ULSADError
+from ulsad.experiments import (
     ABLATIONS,
     PAPER_RESULTS,
     make_jobs,
     run_benchmark,
     summarize,
 )
-from ulsad.cli import main
-from ulsad.data import make_synthetic_dataset
-from ulsad.errors import ULSADError
 
 GOOD = ["alpha", "beta"]
 SETTINGS = ["--epochs", "2", "--set", "image_size=128", "--device", "cpu"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import socket
+import sys
 import tarfile
 import threading
 import zipfile
@@ -191,7 +193,19 @@ def test_unreachable_url_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
     assert not (tmp_path / "visa").exists()
 
 
-def test_http_error_and_unknown_digest(server, monkeypatch, tmp_path: Path, capsys) -> None:
+@pytest.fixture
+def log_on_stderr(capsys) -> Iterator[None]:
+    """ulsad's log lines on stderr, as the CLI shows them (`ulsad.cli.configure_logging`; under
+    pytest, logging is already configured, so the CLI leaves it to pytest)."""
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("ulsad").addHandler(handler)
+    yield
+    logging.getLogger("ulsad").removeHandler(handler)
+
+
+def test_http_error_and_unknown_digest(
+    server, monkeypatch, tmp_path: Path, capsys, log_on_stderr
+) -> None:
     with pytest.raises(ULSADError, match="HTTP 404"):
         dl.fetch(_url(server, "/missing"), tmp_path / "m", sha256=None, page="p")
     data = _tar(VISA_TAR)

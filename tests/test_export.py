@@ -4,22 +4,19 @@ predictor equals `ULSAD.predict`, and `ulsad export` / `ulsad predict --backend 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import set_statistics
 from torch import nn
 
 from ulsad import ULSAD, ULSADError
 from ulsad.cli import main
 from ulsad.data import load_split
 from ulsad.export import OnnxPredictor, _transposed_as_conv, export_onnx, max_abs_difference
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reference import set_statistics
 
 pytest.importorskip("onnxruntime")
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over score and maps

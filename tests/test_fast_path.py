@@ -1,19 +1,14 @@
 """Our inference path (channels-last on CPU, fused BatchNorm in ONNX Runtime) gives the maps of a
-plain eager reimplementation of the reference forward pass (`benchmarks/reference.py`), on the
+plain eager reimplementation of the reference forward pass (`tests/reference.py`), on the
 same weights, within 1e-4; so the speed-ups measured in `benchmarks/` change no output."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from reference import reference_from_ulsad, set_statistics
 
 from ulsad import ULSAD
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reference import reference_from_ulsad, set_statistics
 
 TOLERANCE = 1e-4
 

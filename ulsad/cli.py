@@ -1,8 +1,10 @@
-"""Command line: `ulsad train | predict | eval | push | resave | benchmark | export`.
+"""Command line: `ulsad train | predict | eval | push | resave | benchmark | download | export`.
 
 User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
 Every argument is checked before any work starts. Heavy imports (torch) happen inside `main`, so
-that Ctrl-C at any time ends with one line, not a traceback.
+that Ctrl-C at any time ends with one line, not a traceback. This is the only module that knows
+flag names: library errors name options by placeholder, rendered here with `FLAGS`; the library's
+progress lines (logging, INFO) are shown on stderr.
 """
 
 from __future__ import annotations
@@ -11,18 +13,29 @@ import argparse
 import csv
 import io
 import json
+import logging
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ulsad.errors import ULSADError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # `ulsad benchmark`: some categories failed (the others finished)
 # How library errors' options are spelled here (see `ulsad.errors`): Python name -> flag.
+# A command's own spellings (`set_defaults(flags=...)`) take precedence.
 FLAGS = {
     "out_dir": "--out",
     "restart": "--restart",
+    "out": "--out",
+    "root": "--root",
+    "dataset": "--dataset",
+    "executor_ray": "--executor ray",
+    "backend_onnx": "--backend onnx",
+    "device_cpu": "--device cpu",
+    "accept_licence": "--accept-licence",
 }
 EXIT_INTERRUPTED = 130
 
@@ -297,6 +310,103 @@ def cmd_resave(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ulsad.experiments import make_jobs, run_benchmark, summarize
+
+    if args.summarize:
+        for path in summarize(args.summarize):
+            if path.suffix == ".md":
+                print(path.read_text(encoding="utf-8"))
+        return 0
+    missing = [f"--{n}" for n in ("dataset", "root", "out") if getattr(args, n) is None]
+    if missing:
+        raise ULSADError(f"benchmark needs {', '.join(missing)} (or --summarize RESULTS_DIR).")
+    jobs = make_jobs(args.dataset, args.root, args.out, args.categories, preset=args.preset,
+                     variants=args.ablation, overrides=_parse_overrides(args.set),
+                     epochs=args.epochs, device=args.device, eval_batch_size=args.batch_size,
+                     progress=args.executor == "local")  # fmt: skip
+    report = run_benchmark(jobs, args.executor, args.address)
+    for path in report.summaries:
+        if path.suffix == ".md" and path.parent.name in {j.variant for j in jobs}:
+            print(f"\n{path}:\n{path.read_text(encoding='utf-8')}")
+    if report.failed:
+        print(f"error: {len(report.failed)} category run(s) failed:", file=sys.stderr)
+        for category, variant, error in report.failed:
+            print(f"  {variant}/{category}: {error}", file=sys.stderr)
+        print("Fix the cause and run the same command again (finished ones are skipped).",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ulsad.data.download import download
+
+    path = download(args.dataset, args.dest, accept_licence=args.accept_licence)
+    print(f"{args.dataset} is in {path}: pass --root {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "onnx":
+        raise ULSADError(f"Unknown export format {args.format!r}: choose onnx.")
+    check_out_file(args.out)
+    from ulsad.export import export_verified
+
+    out, difference, scale = export_verified(args.checkpoint, args.out, opset=args.opset)
+    size = out.stat().st_size / 2**20
+    print(f"Wrote {out} ({size:.1f} MiB); max |ONNX Runtime - PyTorch| = {difference:.1e} "
+          f"on maps up to {scale:.2g}.")  # fmt: skip
+    return 0
+
+
+def add_benchmark_parsers(sub: Any) -> None:
+    """Add `ulsad benchmark` and `ulsad download` to the subparsers `sub` of `build_parser`."""
+    from ulsad.config import PRESETS
+    from ulsad.data import DATASETS
+    from ulsad.data.download import SOURCES
+    from ulsad.experiments import ABLATIONS, EXECUTORS
+
+    p = sub.add_parser("benchmark", help="train + evaluate every category; JSONs + summary tables")
+    p.add_argument("--dataset", choices=list(DATASETS), help="on-disk layout of --root")
+    p.add_argument("--root", help="dataset root (the folder holding the category folders)")
+    p.add_argument("--categories", nargs="+", help="default: every category found under --root")
+    p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
+    p.add_argument("--ablation", nargs="+", default=["full"], metavar="NAME",
+                   help=f"variant(s): {', '.join(ABLATIONS)}, or all (default: full)")  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, help="default: the preset's")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set image_size=128")  # fmt: skip
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size")
+    p.add_argument("--out", help="results folder (re-use it to resume)")
+    p.add_argument("--executor", choices=list(EXECUTORS), default="local",
+                   help="local: categories one after another; ray: one Ray task each")  # fmt: skip
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--summarize", metavar="RESULTS_DIR",
+                   help="only rebuild the summary tables from RESULTS_DIR's JSONs")  # fmt: skip
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("download", help="download and extract a benchmark dataset")
+    p.add_argument("dataset", choices=list(SOURCES))
+    p.add_argument("--dest", help="parent folder (default: $ULSAD_DATA or ~/.cache/ulsad/datasets)")
+    p.add_argument("--accept-licence", action="store_true",
+                   help="accept the dataset's licence (MVTec datasets ask for it)")  # fmt: skip
+    p.set_defaults(func=cmd_download)
+
+
+def add_export_parser(sub: Any) -> None:
+    """Add `ulsad export` to the subparsers `sub` of `build_parser`."""
+    from ulsad.export import DEFAULT_OPSET
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> score and maps)")
+    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ulsad.config import PRESETS
 
@@ -320,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a saved state in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set channels=128")  # fmt: skip
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, flags={"root": "--data"})  # the dataset root is --data here
 
     p = sub.add_parser("predict", help="score images; write scores.csv (and maps)")
     p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
@@ -341,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON path (default: eval_CATEGORY.json in the checkpoint folder)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, flags={"root": "--data"})  # the dataset root is --data here
 
     p = sub.add_parser("push", help="upload a checkpoint folder and its model card to the Hub")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
@@ -357,24 +467,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true",
                    help="float32 with the backbone copied (the format of ulsad 0.1)")  # fmt: skip
     p.set_defaults(func=cmd_resave)
-    from ulsad.benchmark import add_parsers  # the `benchmark` and `download` subcommands
-
-    add_parsers(sub)
-    from ulsad.export import add_export_parser  # the `export` subcommand
-
+    add_benchmark_parsers(sub)
     add_export_parser(sub)
     return parser
+
+
+def configure_logging() -> None:
+    """Show ulsad's progress lines (INFO) and everyone's warnings on stderr, message only; a
+    program that configured logging itself (the root logger has handlers) keeps its own setup."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("ulsad").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (0, 2: bad input, 130: interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_logging()
+    args = argparse.Namespace()
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv  # `ulsad train` records its exact command in the model card
         return args.func(args)
     except ULSADError as error:
-        print(f"error: {error.render(FLAGS)}", file=sys.stderr)
+        print(f"error: {error.render({**FLAGS, **getattr(args, 'flags', {})})}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)

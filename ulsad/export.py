@@ -6,17 +6,16 @@ feature statistics, map quantiles and blur inside. Resizing the maps to each ima
 happens outside, as in `ulsad.inference`. The checkpoint's config and threshold travel in the
 model's metadata, so an exported file is all that deployment needs (`pip install onnxruntime`).
 
-`ulsad export --checkpoint DIR --format onnx --out model.onnx`;
-`ulsad predict --backend onnx --checkpoint model.onnx ...`.
+`export_verified(checkpoint, "model.onnx")` (the CLI: `ulsad export`) writes and checks a file;
+`load_predictor("model.onnx", backend="onnx")` (`ulsad predict`) scores images with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import logging
 import math
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from ulsad.errors import ULSADError
 from ulsad.files import atomic_path
 from ulsad.model import AnomalyMaps
 
+log = logging.getLogger(__name__)
 FORMAT = "ulsad-onnx-1"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("score", "anomaly_map", "local_map", "global_map")
@@ -130,7 +130,8 @@ class OnnxPredictor:
             if provider not in ort.get_available_providers():
                 raise ULSADError(
                     f"ONNX Runtime has no provider for device {device!r} here (available: "
-                    f"{', '.join(ort.get_available_providers())}); use --device cpu."
+                    f"{', '.join(ort.get_available_providers())}); use {{device_cpu}}.",
+                    device_cpu='device="cpu"',
                 )
             providers.insert(0, provider)
         options = ort.SessionOptions()
@@ -179,14 +180,17 @@ def max_abs_difference(model: ULSAD, predictor: OnnxPredictor, images: Tensor) -
 def load_predictor(
     checkpoint: str | Path, backend: str = "torch", device: str | None = None
 ) -> ULSAD | OnnxPredictor:
-    """A model with `.predict`, `.threshold` and `.calibrated` for `ulsad predict --backend`.
+    """A model with `.predict`, `.threshold` and `.calibrated`, run by PyTorch or ONNX Runtime.
 
     The ONNX backend takes an exported `.onnx` file, or exports a checkpoint to a temporary one.
     """
     is_onnx_file = str(checkpoint).endswith(".onnx")
     if backend == "torch":
         if is_onnx_file:
-            raise ULSADError(f"{checkpoint} is an ONNX model: add --backend onnx.")
+            raise ULSADError(
+                f"{checkpoint} is an ONNX model: add {{backend_onnx}}.",
+                backend_onnx='backend="onnx"',
+            )
         return ULSAD.from_pretrained(checkpoint, device=device or "cpu")
     if backend != "onnx":
         raise ULSADError(f"Unknown backend {backend!r}: choose torch or onnx.")
@@ -195,51 +199,34 @@ def load_predictor(
 
     model = ULSAD.from_pretrained(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        print(
-            "note: exporting the checkpoint to ONNX for this run; `ulsad export` it once and pass "
-            "the .onnx file as --checkpoint to skip this step.",
-            file=sys.stderr,
+        log.info(
+            "note: exporting the checkpoint to ONNX for this run; export it once (`ulsad export`, "
+            "export_verified) and load the .onnx file to skip this step."
         )
         # The session holds the model in memory; the temporary file can go.
         return OnnxPredictor(export_onnx(model, Path(tmp) / "model.onnx"), device=device)
 
 
-# ------------------------------------------------------------------------------------------- CLI
-def cmd_export(args: argparse.Namespace) -> int:
-    if args.format != "onnx":
-        raise ULSADError(f"Unknown export format {args.format!r}: choose onnx.")
-    from ulsad.cli import check_out_file
+def export_verified(
+    checkpoint: str | Path, path: str | Path, opset: int = DEFAULT_OPSET
+) -> tuple[Path, float, float]:
+    """Export a checkpoint to `path` and check ONNX Runtime against PyTorch on two noise images.
 
-    check_out_file(args.out)
-    model = ULSAD.from_pretrained(args.checkpoint)
-    out = export_onnx(model, args.out, opset=args.opset)
-    predictor = OnnxPredictor(out)
+    Returns (path, max |ONNX Runtime - PyTorch|, largest map value); a file that differs more
+    than expected is removed and ULSADError raised."""
+    model = ULSAD.from_pretrained(checkpoint)
+    out = export_onnx(model, path, opset=opset)
     s = model.config.image_size
     images = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
-    difference = max_abs_difference(model, predictor, images)
+    difference = max_abs_difference(model, OnnxPredictor(out), images)
     # Noise images are far from any training set: maps reach tens there, so the tolerance
     # (1e-4, as on real images) is relative to their scale when that exceeds 1.
     with torch.inference_mode():
         scale = max(float(t.abs().max()) for t in model(images))
-    size = out.stat().st_size / 2**20
-    print(f"Wrote {out} ({size:.1f} MiB); max |ONNX Runtime - PyTorch| = {difference:.1e} "
-          f"on maps up to {scale:.2g}.")  # fmt: skip
     if difference > 1e-4 * max(1.0, scale):
         out.unlink()
         raise ULSADError(
             f"ONNX Runtime and PyTorch differ by {difference:.2e}, more than expected (the file "
             "was removed): please report this with your onnxruntime and torch versions."
         )
-    return 0
-
-
-def add_export_parser(sub: Any) -> None:
-    """Register `ulsad export` on the CLI's subparsers."""
-    from ulsad.cli import positive_int
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> score and maps)")
-    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
-    p.set_defaults(func=cmd_export)
+    return out, difference, scale

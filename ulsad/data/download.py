@@ -2,9 +2,10 @@
 
 ``download(dataset)`` fetches the official archive into a cache folder (``$ULSAD_DATA`` or
 ``~/.cache/ulsad/datasets``), resuming a partial ``.part`` file with an HTTP Range request,
-verifies its sha256 (digests as published by anomalib; printed when unknown), extracts it (tar or
-zip, rejecting members that would land outside the destination) and returns the folder to pass as
-``--root``. A second call returns at once. Standard library only.
+verifies its sha256 (digests as published by anomalib; logged when unknown), extracts it (tar or
+zip, rejecting members that would land outside the destination) and returns the dataset root
+(the ``root`` of ``load_split`` and ``make_jobs``). A second call returns at once. Standard
+library only; progress is logged (``logging``).
 
 MVTec AD and MVTec LOCO AD are downloaded only with ``accept_licence=True``: MVTec asks users to
 accept the licence (CC BY-NC-SA 4.0) on the dataset page first. MPDD has no direct link (OneDrive).
@@ -13,9 +14,9 @@ accept the licence (CC BY-NC-SA 4.0) on the dataset page first. MPDD has no dire
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -26,7 +27,9 @@ from urllib.parse import urlparse
 
 from ulsad.errors import ULSADError
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+ROOT_OPTION = "root"  # how a Python caller names the dataset root (`{root}` in messages)
 MARKER = ".ulsad_complete"
 
 
@@ -87,7 +90,7 @@ def default_cache() -> Path:
 
 
 def download(dataset: str, dest: str | Path | None = None, *, accept_licence: bool = False) -> Path:
-    """Download and extract ``dataset`` under ``dest/<dataset>``; return the folder for --root."""
+    """Download and extract ``dataset`` under ``dest/<dataset>``; return the dataset root."""
     if dataset not in SOURCES:
         raise ULSADError(
             f"no download for '{dataset}'; downloadable datasets: {', '.join(SOURCES)}."
@@ -101,18 +104,22 @@ def download(dataset: str, dest: str | Path | None = None, *, accept_licence: bo
     if source.url is None:
         raise ULSADError(
             f"{source.title} has no direct download link: download it by hand from "
-            f"{source.page} ({source.licence}), extract it and pass --root."
+            f"{source.page} ({source.licence}), extract it and pass it as {{root}}.",
+            root=ROOT_OPTION,
         )
     if source.needs_licence and not accept_licence:
         raise ULSADError(
             f"{source.title} is licensed {source.licence} and MVTec asks you to accept its licence "
-            f"at {source.page}: read it there, then download it by hand and pass --root, or accept "
-            "it here (download(..., accept_licence=True) / --accept-licence)."
+            f"at {source.page}: read it there, then download it by hand and pass it as {{root}}, or "
+            "accept it here with {accept_licence}.",
+            root=ROOT_OPTION,
+            accept_licence="accept_licence=True",
         )
     if target.exists():
         raise ULSADError(
             f"{target} exists but is not a finished download: if it holds the dataset, pass it "
-            "as --root; otherwise delete it and retry."
+            "as {root}; otherwise delete it and retry.",
+            root=ROOT_OPTION,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     name = PurePosixPath(urlparse(source.url).path).name or f"{dataset}.archive"
@@ -128,7 +135,7 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
     """Download ``url`` to ``path`` through ``path.part``, resuming it; verify ``sha256``.
 
     On a checksum mismatch the partial file is deleted and ULSADError raised; with no expected
-    digest the computed one is printed so that it can be recorded.
+    digest the computed one is logged (a warning) so that it can be recorded.
     """
     if path.is_file():
         return path
@@ -140,7 +147,7 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             mode = "ab" if offset and response.status == 206 else "wb"
-            print(f"downloading {url} -> {path}", file=sys.stderr)
+            log.info("downloading %s -> %s", url, path)
             with part.open(mode) as out:
                 shutil.copyfileobj(response, out, CHUNK)
     except urllib.error.HTTPError as exc:
@@ -151,12 +158,13 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
         raise _unreachable(url, page, str(reason)) from exc
     digest = file_sha256(part)
     if sha256 is None:
-        print(f"sha256 of {path.name}: {digest} (no published digest to compare)", file=sys.stderr)
+        log.warning("sha256 of %s: %s (no published digest to compare)", path.name, digest)
     elif digest != sha256.lower():
         part.unlink()
         raise ULSADError(
             f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}; the file was "
-            f"deleted: run again, or download it by hand from {page} and pass --root."
+            f"deleted: run again, or download it by hand from {page} and pass it as {{root}}.",
+            root=ROOT_OPTION,
         )
     part.replace(path)
     return path
@@ -164,7 +172,8 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
 
 def _unreachable(url: str, page: str, reason: str) -> ULSADError:
     return ULSADError(
-        f"could not reach {url} ({reason}); download it by hand from {page} and pass --root."
+        f"could not reach {url} ({reason}); download it by hand from {page} and pass it as {{root}}.",
+        root=ROOT_OPTION,
     )
 
 

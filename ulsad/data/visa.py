@@ -45,8 +45,9 @@ def read_split_csv(root: Path) -> list[dict[str, str]]:
     path = root / SPLIT_CSV
     if not path.is_file():
         raise ULSADError(
-            f"{path} not found: pass as --root the folder extracted from VisA_20220922.tar "
-            "(it holds split_csv/ and one folder per object)."
+            f"{path} not found: pass as {{root}} the folder extracted from VisA_20220922.tar "
+            "(it holds split_csv/ and one folder per object).",
+            root="root",
         )
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulsad.config import ULSADConfig
-from ulsad.model import ULSADModel as ULSAD
+from ulsad.model import ULSADModel
 from ulsad.train import channel_statistics
 
 
@@ -218,7 +218,7 @@ def _in_order(module: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def load_from_ulsad(reference: ReferenceULSAD, model: ULSAD) -> ReferenceULSAD:
+def load_from_ulsad(reference: ReferenceULSAD, model: ULSADModel) -> ReferenceULSAD:
     """Copy an ULSAD model's weights and buffers into `reference` (layer by layer, in order)."""
     cfg = model.config
     if not (cfg.global_branch and cfg.cosine_loss):
@@ -241,13 +241,13 @@ def load_from_ulsad(reference: ReferenceULSAD, model: ULSAD) -> ReferenceULSAD:
     return reference.to(model.device).eval()
 
 
-def reference_from_ulsad(model: ULSAD) -> ReferenceULSAD:
+def reference_from_ulsad(model: ULSADModel) -> ReferenceULSAD:
     """A `ReferenceULSAD` with the same configuration and weights as `model`."""
     return load_from_ulsad(ReferenceULSAD(model.config), model)
 
 
 @torch.no_grad()
-def set_statistics(model: ULSAD, images: Tensor, threshold: float = 0.25) -> ULSAD:
+def set_statistics(model: ULSADModel, images: Tensor, threshold: float = 0.25) -> ULSADModel:
     """Give an untrained model what training would set, from `images`: feature statistics,
     BatchNorm running statistics (one training-mode pass) and map quantiles. Every normalisation
     then does something and the maps have a trained model's scale, so comparisons of maps at a
