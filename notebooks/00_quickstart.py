@@ -36,10 +36,8 @@ import os
 SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
 
 import json
-import shutil
 import tempfile
 import warnings
-from collections import Counter
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
@@ -48,25 +46,23 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
-from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 import ulsad
 from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import PAPER_RESULTS, make_jobs, run_benchmark, run_category
-from ulsad.data import load_mask, load_split, make_synthetic_dataset
-from ulsad.data.download import SOURCES, default_cache
-from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device
-from ulsad.visualize import display_range, overlay
+from ulsad.checkpoint import available_checkpoints, read_manifest
+from ulsad.data import load_split, make_synthetic_dataset
+from ulsad.devices import resolve_device
+from ulsad.images import find_images, load_image
+from ulsad.plots import hide_axes, maps_figure, markdown_table, score_histogram
+from ulsad.visualize import overlay
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
 SHARED_DATA = NOTEBOOKS.parent.parent / "shared" / "data"  # real data beside the repository, if any
-print(f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-      f"smoke mode: {SMOKE}")
-
-from ulsad.checkpoint import available_checkpoints, read_manifest
-from ulsad.images import find_images
+print(
+    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
+    f"smoke mode: {SMOKE}"
+)
 
 if SMOKE:
     N_IMAGES = 6
@@ -110,16 +106,24 @@ try:
 except Exception as error:  # no embedded copy, and the Hub is unreachable (offline, CI)
     if not SMOKE:
         raise
-    print(f"could not load {CHECKPOINT!r} ({type(error).__name__}: {error}); smoke mode: "
-          "training a small model on synthetic images instead")
+    print(
+        f"could not load {CHECKPOINT!r} ({type(error).__name__}: {error}); smoke mode: "
+        "training a small model on synthetic images instead"
+    )
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-smoke-")
-    make_synthetic_dataset(WORK.name, "synthetic", n_train=16, n_test_good=6, n_test_defect=8, size=128)
-    model = ULSAD.from_preset("lite", image_size=128, epochs=10, lr=1e-3, lr_milestones=[10], batch_size=4)
+    make_synthetic_dataset(
+        WORK.name, "synthetic", n_train=16, n_test_good=6, n_test_defect=8, size=128
+    )
+    model = ULSAD.from_preset(
+        "lite", image_size=128, epochs=10, lr=1e-3, lr_milestones=[10], batch_size=4
+    )
     model.fit(WORK.name, category="synthetic", device="cpu")
     DATASET, CATEGORY, DATA_ROOT, source = "mvtec_ad", "synthetic", WORK.name, "synthetic"
 cfg = model.config
-print(f"{source}: backbone {cfg.backbone}, {cfg.image_size} px, calibrated: {model.calibrated}, "
-      f"default threshold {model.threshold.item():.4f}")
+print(
+    f"{source}: backbone {cfg.backbone}, {cfg.image_size} px, calibrated: {model.calibrated}, "
+    f"default threshold {model.threshold.item():.4f}"
+)
 
 # %% [markdown]
 # ## 2. Score images
@@ -153,12 +157,17 @@ predictions = []
 for start in tqdm(range(0, len(paths), 4), desc="scoring", unit="batch"):
     predictions += model.predict(paths[start : start + 4])
 labels = [s.label for s in samples] if samples else None
-rows = ["| image | truth | score | default verdict |", "|---|---|---|---|"]
-for i in np.argsort([-p.score for p in predictions]):
-    truth = samples[i].defect if samples else "?"
-    verdict = {True: "anomalous", False: "good", None: "-"}[predictions[i].is_anomalous]
-    rows.append(f"| {paths[i].name} | {truth} | {predictions[i].score:.4f} | {verdict} |")
-display(Markdown("\n".join(rows)))
+verdicts = {True: "anomalous", False: "good", None: "-"}
+rows = [
+    [
+        paths[i].name,
+        samples[i].defect if samples else "?",
+        f"{predictions[i].score:.4f}",
+        verdicts[predictions[i].is_anomalous],
+    ]
+    for i in np.argsort([-p.score for p in predictions])
+]
+display(Markdown(markdown_table(["image", "truth", "score", "default verdict"], rows)))
 
 
 # %% [markdown]
@@ -169,31 +178,20 @@ display(Markdown("\n".join(rows)))
 # averaged into the anomaly map. Hover over a heatmap to read values.
 
 # %%
-def thumb(array, side=192):
-    from PIL import Image
-
-    if array.ndim == 2:
-        return np.asarray(Image.fromarray(array.astype(np.float32)).resize((side, side)))
-    return np.asarray(Image.fromarray(array).resize((side, side)))
-
-
 order = np.argsort([-p.score for p in predictions])
-picked = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]  # most, middle, least anomalous
-threshold = model.threshold.item() if model.calibrated else None
-fig = make_subplots(rows=len(picked), cols=4, column_titles=["image", "local map", "global map", "anomaly map"],
-                    row_titles=[f"{paths[i].name}<br>{predictions[i].score:.3f}" for i in picked],
-                    horizontal_spacing=0.01, vertical_spacing=0.03)
-for row, i in enumerate(picked, start=1):
-    pred = predictions[i]
-    vmin, vmax = display_range(pred.anomaly_map, threshold)
-    fig.add_trace(go.Image(z=thumb(np.asarray(load_image(paths[i])))), row, 1)
-    for col, amap in ((2, pred.local_map), (3, pred.global_map), (4, pred.anomaly_map)):
-        fig.add_trace(go.Heatmap(z=thumb(amap), zmin=vmin, zmax=vmax, colorscale="Inferno",
-                                 showscale=row == 1 and col == 4, colorbar=dict(x=1.08)), row, col)
-fig.update_xaxes(visible=False)
-fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-fig.update_layout(height=230 * len(picked) + 60, width=900, margin=dict(l=100, t=60), plot_bgcolor="white")
-fig.show()
+picked = [
+    int(order[0]),
+    int(order[len(order) // 2]),
+    int(order[-1]),
+]  # most, middle, least anomalous
+maps_figure(
+    [paths[i] for i in picked],
+    [predictions[i] for i in picked],
+    model.threshold.item() if model.calibrated else None,
+    row_titles=[f"{paths[i].name}<br>{predictions[i].score:.3f}" for i in picked],
+    columns=["image", "local map", "global map", "anomaly map"],
+    side=192,
+).show()
 
 # %% [markdown]
 # ## 3. Pick a threshold
@@ -223,25 +221,21 @@ if labels is not None:
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     cut = cuts[np.argmax(f1[:-1])]
     below = scores[scores < cut]  # halfway to the next lower score, for `score > threshold`
-    candidates["best F1 on these images (optimistic)"] = float((cut + below.max()) / 2 if below.size else cut - 1e-6)
-    rows = ["| threshold | value | defects found | false alarms | F1 |", "|---|---|---|---|---|"]
+    candidates["best F1 on these images (optimistic)"] = float(
+        (cut + below.max()) / 2 if below.size else cut - 1e-6
+    )
+    n_good, n_defective = int((y == 0).sum()), int((y == 1).sum())
+    rows = []
     for name, t in candidates.items():
         found, alarms = int(((scores > t) & (y == 1)).sum()), int(((scores > t) & (y == 0)).sum())
-        f1_at = 2 * found / max(2 * found + alarms + int((y == 1).sum()) - found, 1)
-        rows.append(f"| {name} | {t:.4f} | {found}/{int((y == 1).sum())} | {alarms}/{int((y == 0).sum())} | "
-                    f"{f1_at:.2f} |")
-    display(Markdown("\n".join(rows)))
-fig = go.Figure()
-groups = [(0, "good"), (1, "defective")] if labels is not None else [(None, "all")]
-for label, name in groups:
-    fig.add_trace(go.Histogram(x=[s for s, l in zip(scores, labels or [None] * len(scores)) if l == label],
-                               name=name, opacity=0.6, nbinsx=20))
-for k, (name, t) in enumerate(candidates.items()):
-    fig.add_vline(x=t, line_dash=["dash", "dot", "dashdot"][k % 3], annotation_text=name,
-                  annotation_position=["top", "bottom", "top left"][k % 3])
-fig.update_layout(barmode="overlay", title="image scores and candidate thresholds",
-                  xaxis_title="score", height=380)
-fig.show()
+        f1_at = 2 * found / max(2 * found + alarms + n_defective - found, 1)
+        rows.append(
+            [name, f"{t:.4f}", f"{found}/{n_defective}", f"{alarms}/{n_good}", f"{f1_at:.2f}"]
+        )
+    header = ["threshold", "value", "defects found", "false alarms", "F1"]
+    display(Markdown(markdown_table(header, rows)))
+title = "image scores and candidate thresholds"
+score_histogram(scores, labels, candidates, title, nbins=20).show()
 
 # %% [markdown]
 # With a threshold chosen, `ulsad.visualize.overlay` draws the anomaly map over the image and
@@ -251,12 +245,9 @@ fig.show()
 chosen = next(iter(candidates.values()), None)
 top = int(np.argmax(scores))
 image = overlay(load_image(paths[top]), predictions[top].anomaly_map, chosen)
-fig = go.Figure(go.Image(z=np.asarray(image)))
-fig.update_xaxes(visible=False)
-fig.update_yaxes(visible=False)
-fig.update_layout(title=f"{paths[top].name}: score {scores[top]:.3f}, threshold {chosen or float('nan'):.3f}",
-                  width=520, height=540)
-fig.show()
+title = f"{paths[top].name}: score {scores[top]:.3f}, threshold {chosen or float('nan'):.3f}"
+fig = hide_axes(go.Figure(go.Image(z=np.asarray(image))))
+fig.update_layout(title=title, width=520, height=540).show()
 
 # %% [markdown]
 # ## Next
@@ -270,7 +261,12 @@ fig.show()
 #   reproduces the ablation, `07` measures speed and memory.
 
 # %%
-summary = {"smoke": SMOKE, "checkpoint": source, "images": len(predictions),
-           "scores": [float(s) for s in scores],
-           "labels": labels, "thresholds": candidates}
+summary = {
+    "smoke": SMOKE,
+    "checkpoint": source,
+    "images": len(predictions),
+    "scores": [float(s) for s in scores],
+    "labels": labels,
+    "thresholds": candidates,
+}
 print(json.dumps(summary, indent=1))

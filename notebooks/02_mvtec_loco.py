@@ -62,7 +62,6 @@ import os
 SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
 
 import json
-import shutil
 import tempfile
 import warnings
 from collections import Counter
@@ -70,26 +69,35 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
-import numpy as np
-import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
-from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 import ulsad
 from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import PAPER_RESULTS, make_jobs, run_benchmark, run_category
+from ulsad.benchmark import FORMAT, PAPER_RESULTS, make_jobs, run_benchmark, run_category
 from ulsad.data import load_mask, load_split, make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
+from ulsad.devices import resolve_device
 from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device
-from ulsad.visualize import display_range, overlay
+from ulsad.plots import (
+    bar_chart,
+    categories_figure,
+    examples_figure,
+    full_runs_table,
+    loss_curves,
+    maps_figure,
+    metrics_table,
+    score_histogram,
+    split_table,
+)
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
 SHARED_DATA = NOTEBOOKS.parent.parent / "shared" / "data"  # real data beside the repository, if any
-print(f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-      f"smoke mode: {SMOKE}")
+print(
+    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
+    f"smoke mode: {SMOKE}"
+)
 
 # %% [markdown]
 # ## 1. Get the data
@@ -102,7 +110,9 @@ print(f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_de
 # %%
 DATASET = "mvtec_loco"
 source = SOURCES[DATASET]
-print(f"{source.title}: {source.page}\nlicence: {source.licence}\narchive: {source.url or 'no direct link'}")
+print(
+    f"{source.title}: {source.page}\nlicence: {source.licence}\narchive: {source.url or 'no direct link'}"
+)
 
 # %% [markdown]
 # The loader reads the official layout:
@@ -123,8 +133,9 @@ print(f"{source.title}: {source.page}\nlicence: {source.licence}\narchive: {sour
 if SMOKE:
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-smoke-")  # deleted when the kernel stops
     DATA_ROOT = Path(WORK.name) / "data"
-    synthetic = make_synthetic_dataset(DATA_ROOT, "synthetic", n_train=20,
-                                       n_test_good=6, n_test_defect=8, size=128, logical=True)
+    synthetic = make_synthetic_dataset(
+        DATA_ROOT, "synthetic", n_train=20, n_test_good=6, n_test_defect=8, size=128, logical=True
+    )
     CATEGORY, CATEGORIES = "synthetic", None
 
     def to_loco_layout(category_dir, n_validation=4):
@@ -146,14 +157,23 @@ if SMOKE:
                 mask_dir = category_dir / "ground_truth" / kind / name
                 mask_dir.mkdir(parents=True)
                 (category_dir / "ground_truth" / folder.name / f"{image.stem}_mask.png").rename(
-                    mask_dir / "000.png")
+                    mask_dir / "000.png"
+                )
             folder.rmdir()
             (category_dir / "ground_truth" / folder.name).rmdir()
         # One defect type, pixel value 255; saturation at 100% of each region: sPRO = PRO here.
-        (category_dir / "defects_config.json").write_text(json.dumps([{
-            "defect_name": "synthetic", "pixel_value": 255, "saturation_threshold": 1.0,
-            "relative_saturation": True}]))
-
+        (category_dir / "defects_config.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "defect_name": "synthetic",
+                        "pixel_value": 255,
+                        "saturation_threshold": 1.0,
+                        "relative_saturation": True,
+                    }
+                ]
+            )
+        )
 
     to_loco_layout(synthetic)
 
@@ -162,10 +182,14 @@ if SMOKE:
     OVERRIDES = {"image_size": 128, "lr": 1e-3, "batch_size": 4}
     RESULTS_DIR = Path(WORK.name) / "results"
 else:
-    DATA_ROOT = Path(DATA_ROOT).expanduser() if DATA_ROOT else default_cache() / DATASET / source.subdir
+    DATA_ROOT = (
+        Path(DATA_ROOT).expanduser() if DATA_ROOT else default_cache() / DATASET / source.subdir
+    )
     if not DATA_ROOT.is_dir():
-        raise ULSADError(f"{DATA_ROOT} does not exist: download {source.title} (see above) "
-                         "and set DATA_ROOT in the parameters cell.")
+        raise ULSADError(
+            f"{DATA_ROOT} does not exist: download {source.title} (see above) "
+            "and set DATA_ROOT in the parameters cell."
+        )
 RESULTS_DIR = Path(RESULTS_DIR)
 print(f"data: {DATA_ROOT}\ncategories: {ulsad.data.list_categories(DATASET, DATA_ROOT)}")
 
@@ -180,83 +204,16 @@ print(f"data: {DATA_ROOT}\ncategories: {ulsad.data.list_categories(DATASET, DATA
 train_samples = load_split(DATASET, DATA_ROOT, CATEGORY, "train")
 validation_samples = load_split(DATASET, DATA_ROOT, CATEGORY, "validation")
 test_samples = load_split(DATASET, DATA_ROOT, CATEGORY, "test")
-print(f"{CATEGORY}: {len(train_samples)} train, {len(validation_samples)} validation, "
-      f"{len(test_samples)} test images")
-rows = ["| test folder | group | images | with masks |", "|---|---|---|---|"]
-for defect, n in sorted(Counter(s.defect for s in test_samples).items()):
-    group = {s.group for s in test_samples if s.defect == defect}
-    masked = sum(bool(s.mask_paths) for s in test_samples if s.defect == defect)
-    rows.append(f"| {defect} | {', '.join(sorted(group)) or '-'} | {n} | {masked} |")
-display(Markdown("\n".join(rows)))
-
-
-# %%
-def thumb(array, side=160):
-    """A float map or an image downsampled for display (plotly sends every value to the browser)."""
-    from PIL import Image
-
-    if array.ndim == 2:
-        return np.asarray(Image.fromarray(array.astype(np.float32)).resize((side, side)))
-    return np.asarray(Image.fromarray(array).resize((side, side)))
-
-
-def show_maps(model, samples, title):
-    """One row per sample: image, ground truth, local (structural) map, global (logical) map, and
-    the combined map overlaid with the region above the threshold outlined."""
-    predictions = model.predict([s.path for s in samples])
-    threshold = predictions[0].threshold
-    columns = ["image", "ground truth", "local map", "global map", "overlay"]
-    fig = make_subplots(rows=len(samples), cols=5, horizontal_spacing=0.01, vertical_spacing=0.03,
-                        row_titles=[f"{s.defect}<br>{p.score:.3f}" for s, p in zip(samples, predictions)],
-                        column_titles=columns)
-    for row, (sample, pred) in enumerate(zip(samples, predictions), start=1):
-        image = load_image(sample.path)
-        vmin, vmax = display_range(pred.anomaly_map, threshold)
-        mask = load_mask(sample, pred.anomaly_map.shape).astype(np.float32)
-        fig.add_trace(go.Image(z=thumb(np.asarray(image))), row, 1)
-        fig.add_trace(go.Heatmap(z=thumb(mask), colorscale="gray", zmin=0, zmax=1, showscale=False), row, 2)
-        for col, amap in ((3, pred.local_map), (4, pred.global_map)):
-            fig.add_trace(go.Heatmap(z=thumb(amap), colorscale="Inferno", zmin=vmin, zmax=vmax,
-                                     showscale=row == 1 and col == 4, colorbar=dict(x=1.08)), row, col)
-        fig.add_trace(go.Image(z=thumb(np.asarray(overlay(image, pred.anomaly_map, threshold)))), row, 5)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    fig.update_layout(title=title, height=190 * len(samples) + 80, width=900, margin=dict(l=90, r=20, t=80, b=10), plot_bgcolor="white")
-    fig.show()
-    return predictions
-
-
-def score_histogram(scores, threshold, title):
-    """Image scores of good and defective test images, with the threshold as a vertical line."""
-    fig = go.Figure()
-    for label, name in ((0, "good"), (1, "defective")):
-        fig.add_trace(go.Histogram(x=[r["score"] for r in scores if r["label"] == label], name=name,
-                                   opacity=0.6, nbinsx=30))
-    if threshold is not None:
-        fig.add_vline(x=threshold, line_dash="dash", annotation_text="threshold")
-    fig.update_layout(barmode="overlay", title=title, xaxis_title="image score (max of the map)",
-                      yaxis_title="images", height=350)
-    fig.show()
-
-
-def percent(value):
-    return "" if value is None else f"{100 * value:.2f}"
-
+print(
+    f"{CATEGORY}: {len(train_samples)} train, {len(validation_samples)} validation, "
+    f"{len(test_samples)} test images"
+)
+display(Markdown(split_table(test_samples)))
 
 # %%
 # One image of each test folder with its ground truth.
 examples = list({s.defect: s for s in reversed(test_samples)}.values())[:5]
-fig = make_subplots(rows=2, cols=len(examples), subplot_titles=[s.defect for s in examples],
-                    vertical_spacing=0.02, horizontal_spacing=0.01)
-for col, sample in enumerate(examples, start=1):
-    image = np.asarray(load_image(sample.path))
-    fig.add_trace(go.Image(z=thumb(image)), 1, col)
-    mask = load_mask(sample, image.shape[:2]).astype(np.float32)
-    fig.add_trace(go.Heatmap(z=thumb(mask), colorscale="gray", zmin=0, zmax=1, showscale=False), 2, col)
-fig.update_xaxes(visible=False)
-fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-fig.update_layout(height=420, width=180 * len(examples) + 60, title="test images and their masks")
-fig.show()
+examples_figure(examples).show()
 
 # %% [markdown]
 # ## 3. The model and its three losses
@@ -290,14 +247,34 @@ fig.show()
 # the runner in section 6 reuses this model instead of training it again.
 
 # %%
-jobs = make_jobs(DATASET, DATA_ROOT, RESULTS_DIR, CATEGORIES, preset=PRESET, overrides=OVERRIDES,
-                 epochs=EPOCHS, device=DEVICE, progress=True)
-job = make_jobs(DATASET, DATA_ROOT, RESULTS_DIR, [CATEGORY], preset=PRESET, overrides=OVERRIDES,
-                epochs=EPOCHS, device=DEVICE, progress=True)[0]
+jobs = make_jobs(
+    DATASET,
+    DATA_ROOT,
+    RESULTS_DIR,
+    CATEGORIES,
+    preset=PRESET,
+    overrides=OVERRIDES,
+    epochs=EPOCHS,
+    device=DEVICE,
+    progress=True,
+)
+job = make_jobs(
+    DATASET,
+    DATA_ROOT,
+    RESULTS_DIR,
+    [CATEGORY],
+    preset=PRESET,
+    overrides=OVERRIDES,
+    epochs=EPOCHS,
+    device=DEVICE,
+    progress=True,
+)[0]
 config = job.config()
-print(f"preset {PRESET}: backbone {config.backbone}, C={config.channels}, {config.image_size} px, "
-      f"{config.epochs or config.steps} {'epochs' if config.epochs else 'steps'}, seed {config.seed}, lambdas {config.lambda_local}/"
-      f"{config.lambda_attention}/{config.lambda_global}")
+print(
+    f"preset {PRESET}: backbone {config.backbone}, C={config.channels}, {config.image_size} px, "
+    f"{config.epochs or config.steps} {'epochs' if config.epochs else 'steps'}, seed {config.seed}, lambdas {config.lambda_local}/"
+    f"{config.lambda_attention}/{config.lambda_global}"
+)
 
 # %% [markdown]
 # ## 4. Train one category
@@ -315,21 +292,24 @@ if (job.checkpoint_dir / "training.json").is_file():  # trained before: reuse it
     print(f"loaded {job.checkpoint_dir} (delete it to train again)")
 else:
     model = ULSAD.from_preset(job.preset, **job.overrides)
-    model.fit(DATA_ROOT, category=CATEGORY, dataset=DATASET, device=device, out_dir=job.checkpoint_dir)
+    model.fit(
+        DATA_ROOT, category=CATEGORY, dataset=DATASET, device=device, out_dir=job.checkpoint_dir
+    )
 training = json.loads((job.checkpoint_dir / "training.json").read_text())
-parts = {"backbone (frozen)": model.extractor, "local branch (FeatAE)": model.featae,
-         "global branch": model.global_ae}
+parts = {
+    "backbone (frozen)": model.extractor,
+    "local branch (FeatAE)": model.featae,
+    "global branch": model.global_ae,
+}
 for name, part in parts.items():
     print(f"{name}: {sum(p.numel() for p in part.parameters()) / 1e6:.2f} M parameters")
-print(f"trained on {training['n_train']} images in {training['seconds']:.0f} s; "
-      f"{training['n_heldout']} held-out good images set the threshold {training['threshold']:.4f}")
+print(
+    f"trained on {training['n_train']} images in {training['seconds']:.0f} s; "
+    f"{training['n_heldout']} held-out good images set the threshold {training['threshold']:.4f}"
+)
 
 # %%
-history = training["history"]
-fig = go.Figure([go.Scatter(x=[h["epoch"] for h in history], y=[h[key] for h in history], name=name)
-                 for key, name in (("train_loss", "training loss"), ("val_loss", "held-out good images"))])
-fig.update_layout(title="total loss per epoch", xaxis_title="epoch", yaxis_title="loss", height=330)
-fig.show()
+loss_curves(training["history"]).show()
 
 
 # %% [markdown]
@@ -339,23 +319,32 @@ fig.show()
 # three terms for a batch (here the mean over up to 8 test images of each kind; in
 # smoke mode the model has had only a few epochs, so the picture is rough).
 
+
 # %%
 @torch.no_grad()
 def loss_terms(samples):
     images = torch.stack([to_tensor(load_image(s.path), model.config.image_size) for s in samples])
     normalized = model.extractor.normalize(images.to(model.device))
     losses = model.eval().losses(model.features(normalized), normalized)
-    return {"local": losses.local.item(), "attention": losses.attention.item(),
-            "global-local": losses.global_local.item()}
+    return {
+        "local": losses.local.item(),
+        "attention": losses.attention.item(),
+        "global-local": losses.global_local.item(),
+    }
 
 
 kinds = sorted({s.defect for s in test_samples}, key=lambda d: (d != "good", d))
-terms = {kind: loss_terms([s for s in test_samples if s.defect == kind][:8]) for kind in tqdm(kinds, desc="losses")}
-fig = go.Figure([go.Bar(x=kinds, y=[terms[k][name] for k in kinds], name=name)
-                 for name in ("local", "attention", "global-local")])
-fig.update_layout(barmode="group", title="mean loss terms on test images, by test folder",
-                  yaxis_title="loss", height=350)
-fig.show()
+terms = {
+    kind: loss_terms([s for s in test_samples if s.defect == kind][:8])
+    for kind in tqdm(kinds, desc="losses")
+}
+names = ("local", "attention", "global-local")
+bar_chart(
+    kinds,
+    {name: [terms[k][name] for k in kinds] for name in names},
+    "mean loss terms on test images, by test folder",
+    yaxis_title="loss",
+).show()
 
 # %% [markdown]
 # **What the maps show.** For each test folder, one image: its ground truth, the **local
@@ -368,7 +357,15 @@ fig.show()
 
 # %%
 shown = [next(s for s in test_samples if s.defect == kind) for kind in kinds][:5]
-_ = show_maps(model, shown, f"{CATEGORY}: maps of one test image per folder")
+predictions = model.predict([s.path for s in shown])
+maps_figure(
+    [s.path for s in shown],
+    predictions,
+    predictions[0].threshold,
+    row_titles=[f"{s.defect}<br>{p.score:.3f}" for s, p in zip(shown, predictions, strict=True)],
+    masks=[load_mask(s, p.anomaly_map.shape) for s, p in zip(shown, predictions, strict=True)],
+    title=f"{CATEGORY}: maps of one test image per folder",
+).show()
 
 # %% [markdown]
 # ## 5. Evaluate this category
@@ -386,13 +383,18 @@ if "error" in record:
     raise ULSADError(record["error"])
 metrics = record["metrics"]
 keys = ["image_auroc", "image_f1_max", "pixel_auroc", "aupro", "spro_0.05", "spro_0.3"]
-rows = ["| test folder | defective images | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-for name, values in [("all", metrics), *metrics["per_defect"].items()]:
-    n = values.get("n_anomalous", values.get("n"))
-    rows.append(f"| {name} | {n} | " + " | ".join(percent(values.get(k)) for k in keys) + " |")
-display(Markdown("\n".join(rows) + "\n\nPercent; an empty cell: that metric needs masks "
-                 "(or, for sPRO, saturation thresholds) that this data does not have."))
-score_histogram(record["scores"], model.threshold.item(), f"{CATEGORY}: image scores")
+table = metrics_table([("all", metrics), *metrics["per_defect"].items()], keys)
+display(
+    Markdown(
+        table + "\n\nPercent; an empty cell: that metric needs masks "
+        "(or, for sPRO, saturation thresholds) that this data does not have."
+    )
+)
+scores = [r["score"] for r in record["scores"]]
+labels = [r["label"] for r in record["scores"]]
+score_histogram(
+    scores, labels, {"threshold": model.threshold.item()}, f"{CATEGORY}: image scores"
+).show()
 
 # %% [markdown]
 # **Logical and structural anomalies separately.** MVTec LOCO's point is that methods
@@ -403,16 +405,14 @@ score_histogram(record["scores"], model.threshold.item(), f"{CATEGORY}: image sc
 # %%
 groups = metrics.get("per_group", {})
 keys = ["image_auroc", "pixel_auroc", "aupro", "spro_0.05", "spro_0.3"]
-rows = ["| group | defective images | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-for name, values in [*groups.items(), ("both", metrics)]:
-    n = values.get("n", values.get("n_anomalous"))
-    rows.append(f"| {name} | {n} | " + " | ".join(percent(values.get(k)) for k in keys) + " |")
-display(Markdown("\n".join(rows)))
-fig = go.Figure([go.Bar(x=keys, y=[100 * (values.get(k) or 0) for k in keys], name=name)
-                 for name, values in [*groups.items(), ("both", metrics)]])
-fig.update_layout(barmode="group", title=f"{CATEGORY}: logical vs structural (percent)",
-                  yaxis_range=[0, 100], height=350)
-fig.show()
+rows = [*groups.items(), ("both", metrics)]
+display(Markdown(metrics_table(rows, keys, first="group")))
+bar_chart(
+    keys,
+    {name: [100 * (values.get(k) or 0) for k in keys] for name, values in rows},
+    f"{CATEGORY}: logical vs structural (percent)",
+    yaxis_range=[0, 100],
+).show()
 
 # %% [markdown]
 # ## 6. The whole dataset through the benchmark runner
@@ -434,16 +434,8 @@ display(Markdown((RESULTS_DIR / "full" / "summary.md").read_text()))
 
 # %%
 records = [json.loads((RESULTS_DIR / "full" / f"{j.category}.json").read_text()) for j in jobs]
-keys = [k for k in ("image_auroc", "pixel_auroc", "aupro", "spro_0.05")
-        if any(r["metrics"].get(k) is not None for r in records)]
-fig = go.Figure([go.Bar(x=[r["category"] for r in records],
-                        y=[100 * (r["metrics"].get(k) or 0) for r in records], name=k) for k in keys])
-for k, value in PAPER_RESULTS.get(DATASET, {}).items():
-    fig.add_hline(y=value, line_dash="dot", annotation_text=f"paper mean {k}")
-fig.update_layout(barmode="group", title=f"{DATASET}: ours per category (percent)", height=380,
-                  yaxis_range=[0, 105])
-fig.show()
-
+paper = PAPER_RESULTS.get(DATASET, {})
+categories_figure(records, paper, f"{DATASET}: ours per category (percent)").show()
 
 # %% [markdown]
 # ## 7. Committed full runs
@@ -453,34 +445,10 @@ fig.show()
 # of epochs and the git commit it was produced with. Only what is there is shown.
 
 # %%
-def show_full_runs(dataset):
-    """Full-run results committed in notebooks/full_runs/<dataset>/ (benchmark runner JSONs)."""
-    folder = NOTEBOOKS / "full_runs" / dataset
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json"))]
-    records = [r for r in records if r.get("format") == "ulsad-benchmark-1" and "metrics" in r]
-    if not records:
-        display(Markdown(f"**No full run of {dataset} has been committed yet** (nothing in "
-                         f"`notebooks/full_runs/{dataset}/`): there are no numbers of ours to show "
-                         "for it. Run this notebook with `SMOKE = False` on a GPU and commit the "
-                         "runner's JSONs and summary there."))
-        return records
-    rows = ["| variant | category | preset | epochs | image AUROC | pixel AUROC | AUPRO | train min | "
-            "hardware | commit |", "|" + "---|" * 10]
-    for r in records:
-        m, env, cfg = r["metrics"], r["environment"], r["config"]
-        hardware = env.get("cuda_device") or f"{env.get('cpu')} ({env.get('torch_threads')} threads)"
-        commit = (env.get("git_commit") or "unknown")[:10] + (" (modified)" if env.get("git_dirty") else "")
-        rows.append(f"| {r['variant']} | {r['category']} | {r['preset']} | {cfg['epochs']} | "
-                    f"{percent(m.get('image_auroc'))} | {percent(m.get('pixel_auroc'))} | "
-                    f"{percent(m.get('aupro'))} | {r['timings']['train_s'] / 60:.1f} | {hardware} | "
-                    f"`{commit}` |")
-    paper = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in PAPER_RESULTS.get(dataset, {}).items())
-    display(Markdown("\n".join(rows) + f"\n\nPaper ({dataset} mean over all categories, "
-                     f"`paper` preset): {paper or 'no number'}. Metrics in percent. How each run was "
-                     "made (command, data, machine load): `notebooks/full_runs/README.md`."))
-    return records
-
-full_runs = show_full_runs("mvtec_loco")
+committed = sorted((NOTEBOOKS / "full_runs" / DATASET).glob("*/*.json"))
+full_runs = [json.loads(p.read_text()) for p in committed]
+full_runs = [r for r in full_runs if r.get("format") == FORMAT and "metrics" in r]
+display(Markdown(full_runs_table(full_runs, DATASET, paper)))
 
 # %% [markdown]
 # ## Summary of this run
@@ -492,7 +460,10 @@ summary = {
     "category": CATEGORY,
     "categories": [j.category for j in jobs],
     "metrics": {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "spro_0.05")},
-    "per_group": {g: {k: v.get(k) for k in ("image_auroc", "spro_0.05")} for g, v in metrics.get("per_group", {}).items()},
+    "per_group": {
+        g: {k: v.get(k) for k in ("image_auroc", "spro_0.05")}
+        for g, v in metrics.get("per_group", {}).items()
+    },
     "benchmark_done": len(report.done),
     "benchmark_skipped": len(report.skipped),
     "full_runs": len(full_runs),

@@ -58,49 +58,48 @@ import os
 SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
 
 import json
-import shutil
 import tempfile
 import warnings
-from collections import Counter
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
-import numpy as np
 import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
-from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 import ulsad
-from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import PAPER_RESULTS, make_jobs, run_benchmark, run_category
-from ulsad.data import load_mask, load_split, make_synthetic_dataset
+from ulsad import ULSADError
+from ulsad.benchmark import ABLATIONS, make_jobs, run_benchmark
+from ulsad.data import make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
-from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device
-from ulsad.visualize import display_range, overlay
+from ulsad.devices import resolve_device
+from ulsad.plots import bar_chart, markdown_table
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
-SHARED_DATA = NOTEBOOKS.parent.parent / "shared" / "data"  # real data beside the repository, if any
-print(f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-      f"smoke mode: {SMOKE}")
-
-from ulsad.benchmark import ABLATIONS
+print(
+    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
+    f"smoke mode: {SMOKE}"
+)
 
 if SMOKE:
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-smoke-")
     DATASET, DATA_ROOT, CATEGORIES = "mvtec_ad", Path(WORK.name) / "data", None
-    make_synthetic_dataset(DATA_ROOT, "synthetic", n_train=16, n_test_good=6, n_test_defect=8,
-                           size=128, logical=True)
+    make_synthetic_dataset(
+        DATA_ROOT, "synthetic", n_train=16, n_test_good=6, n_test_defect=8, size=128, logical=True
+    )
     PRESET, EPOCHS, DEVICE = "lite", 8, "cpu"
     OVERRIDES = {"image_size": 128, "lr": 1e-3, "batch_size": 4}
     LAMBDAS = [1.0]
     BACKBONES = ["lite"]  # the paper backbone's ImageNet weights need the Hub, and a GPU to train
     RESULTS_DIR = Path(WORK.name) / "results"
 else:
-    DATA_ROOT = Path(DATA_ROOT).expanduser() if DATA_ROOT else default_cache() / DATASET / SOURCES[DATASET].subdir
+    DATA_ROOT = (
+        Path(DATA_ROOT).expanduser()
+        if DATA_ROOT
+        else default_cache() / DATASET / SOURCES[DATASET].subdir
+    )
 RESULTS_DIR = Path(RESULTS_DIR)
 for name in VARIANTS:
     print(f"{name:11s} {ABLATIONS[name]}")
@@ -114,18 +113,25 @@ for name in VARIANTS:
 
 # %%
 common = dict(preset=PRESET, overrides=OVERRIDES, epochs=EPOCHS, device=DEVICE)
-jobs = make_jobs(DATASET, DATA_ROOT, RESULTS_DIR / "variants", CATEGORIES, variants=VARIANTS, **common)
+jobs = make_jobs(
+    DATASET, DATA_ROOT, RESULTS_DIR / "variants", CATEGORIES, variants=VARIANTS, **common
+)
 report = run_benchmark(jobs, executor=EXECUTOR)
 if report.failed:
     raise ULSADError(f"failed: {report.failed}")
-table = RESULTS_DIR / "variants" / ("variants.md" if len(VARIANTS) > 1 else f"{VARIANTS[0]}/summary.md")
+table = (
+    RESULTS_DIR / "variants" / ("variants.md" if len(VARIANTS) > 1 else f"{VARIANTS[0]}/summary.md")
+)
 display(Markdown(table.read_text()))
 
 
 # %%
 def load_records(folder):
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))
-            if not p.name.endswith(".error.json")]
+    return [
+        json.loads(p.read_text())
+        for p in sorted(Path(folder).glob("*.json"))
+        if not p.name.endswith(".error.json")
+    ]
 
 
 variant_records = {v: load_records(RESULTS_DIR / "variants" / v) for v in VARIANTS}
@@ -137,10 +143,12 @@ def mean_metric(records, key):
 
 
 keys = ["image_auroc", "pixel_auroc", "aupro"]
-fig = go.Figure([go.Bar(x=VARIANTS, y=[mean_metric(variant_records[v], k) for v in VARIANTS], name=k)
-                 for k in keys])
-fig.update_layout(barmode="group", title=f"{DATASET}: dataset mean per variant (percent)", height=380)
-fig.show()
+bar_chart(
+    VARIANTS,
+    {k: [mean_metric(variant_records[v], k) for v in VARIANTS] for k in keys},
+    f"{DATASET}: dataset mean per variant (percent)",
+    height=380,
+).show()
 
 # %% [markdown]
 # **Per defect type.** The mean hides the point of the global branch: split by defect type
@@ -155,10 +163,13 @@ for v in VARIANTS:
         for name, values in groups.items():
             per_defect.setdefault(f"{r['category']}/{name}", {})[v] = 100 * values["image_auroc"]
 names = sorted(per_defect)
-fig = go.Figure([go.Bar(x=names, y=[per_defect[n].get(v) for n in names], name=v) for v in VARIANTS])
-fig.update_layout(barmode="group", title="image AUROC per defect type and variant (percent)",
-                  height=400, yaxis_range=[0, 105])
-fig.show()
+bar_chart(
+    names,
+    {v: [per_defect[n].get(v) for n in names] for v in VARIANTS},
+    "image AUROC per defect type and variant (percent)",
+    height=400,
+    yaxis_range=[0, 105],
+).show()
 
 # %% [markdown]
 # ## 2. The cosine weights (lambdas)
@@ -172,19 +183,39 @@ lambda_records = {0.0: variant_records.get("lambda0"), 0.5: variant_records.get(
 for lam in tqdm(LAMBDAS, desc="lambdas"):
     overrides = {**OVERRIDES, "lambda_local": lam, "lambda_attention": lam, "lambda_global": lam}
     out = RESULTS_DIR / "lambdas" / f"lambda_{lam:g}"
-    lambda_jobs = make_jobs(DATASET, DATA_ROOT, out, CATEGORIES, preset=PRESET, overrides=overrides,
-                            epochs=EPOCHS, device=DEVICE)
+    lambda_jobs = make_jobs(
+        DATASET,
+        DATA_ROOT,
+        out,
+        CATEGORIES,
+        preset=PRESET,
+        overrides=overrides,
+        epochs=EPOCHS,
+        device=DEVICE,
+    )
     if run_benchmark(lambda_jobs, executor=EXECUTOR).failed:
         raise ULSADError(f"lambda {lam} failed: see {out}")
     lambda_records[lam] = load_records(out / "full")
 lambdas = sorted(k for k, v in lambda_records.items() if v)
-rows = ["| lambda | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-rows += [f"| {lam:g} | " + " | ".join(f"{mean_metric(lambda_records[lam], k) or float('nan'):.2f}" for k in keys)
-         + " |" for lam in lambdas]
-display(Markdown("\n".join(rows)))
-fig = go.Figure([go.Scatter(x=lambdas, y=[mean_metric(lambda_records[lam], k) for lam in lambdas],
-                            mode="lines+markers", name=k) for k in keys])
-fig.update_layout(title="dataset mean vs cosine weight lambda (percent)", xaxis_title="lambda", height=350)
+rows = [
+    [f"{lam:g}", *(f"{mean_metric(lambda_records[lam], k) or float('nan'):.2f}" for k in keys)]
+    for lam in lambdas
+]
+display(Markdown(markdown_table(["lambda", *keys], rows)))
+fig = go.Figure(
+    [
+        go.Scatter(
+            x=lambdas,
+            y=[mean_metric(lambda_records[lam], k) for lam in lambdas],
+            mode="lines+markers",
+            name=k,
+        )
+        for k in keys
+    ]
+)
+fig.update_layout(
+    title="dataset mean vs cosine weight lambda (percent)", xaxis_title="lambda", height=350
+)
 fig.show()
 
 # %% [markdown]
@@ -201,17 +232,26 @@ for preset in tqdm(BACKBONES, desc="backbones"):
         backbone_records[preset] = variant_records.get("full") or []
         continue
     out = RESULTS_DIR / "backbones" / preset
-    preset_jobs = make_jobs(DATASET, DATA_ROOT, out, CATEGORIES, preset=preset, overrides=OVERRIDES,
-                            epochs=EPOCHS, device=DEVICE)
+    preset_jobs = make_jobs(
+        DATASET,
+        DATA_ROOT,
+        out,
+        CATEGORIES,
+        preset=preset,
+        overrides=OVERRIDES,
+        epochs=EPOCHS,
+        device=DEVICE,
+    )
     if run_benchmark(preset_jobs, executor=EXECUTOR).failed:
         raise ULSADError(f"preset {preset} failed: see {out}")
     backbone_records[preset] = load_records(out / "full")
-rows = ["| preset | backbone | " + " | ".join(keys) + " | train s per category |", "|" + "---|" * (len(keys) + 3)]
+rows = []
 for preset, records in backbone_records.items():
     train_s = sum(r["timings"]["train_s"] for r in records) / max(len(records), 1)
-    rows.append(f"| {preset} | {records[0]['config']['backbone'] if records else ''} | "
-                + " | ".join(f"{mean_metric(records, k) or float('nan'):.2f}" for k in keys) + f" | {train_s:.0f} |")
-display(Markdown("\n".join(rows)))
+    backbone = records[0]["config"]["backbone"] if records else ""
+    means = [f"{mean_metric(records, k) or float('nan'):.2f}" for k in keys]
+    rows.append([preset, backbone, *means, f"{train_s:.0f}"])
+display(Markdown(markdown_table(["preset", "backbone", *keys, "train s per category"], rows)))
 
 # %% [markdown]
 # ## Committed full runs
@@ -225,8 +265,12 @@ if committed:
     for path in committed:
         display(Markdown(f"`{path.relative_to(NOTEBOOKS)}`\n\n" + path.read_text()))
 else:
-    display(Markdown("**No full ablation run has been committed yet**: the tables above are "
-                     "the only numbers, and in smoke mode they say nothing about the method."))
+    display(
+        Markdown(
+            "**No full ablation run has been committed yet**: the tables above are "
+            "the only numbers, and in smoke mode they say nothing about the method."
+        )
+    )
 summary = {
     "smoke": SMOKE,
     "variants": {v: {k: mean_metric(variant_records[v], k) for k in keys} for v in VARIANTS},

@@ -47,39 +47,29 @@ SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook 
 
 import json
 import shutil
+import sys
 import tempfile
 import warnings
-from collections import Counter
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
-import numpy as np
 import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
-from plotly.subplots import make_subplots
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 import ulsad
-from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import PAPER_RESULTS, make_jobs, run_benchmark, run_category
-from ulsad.data import load_mask, load_split, make_synthetic_dataset
-from ulsad.data.download import SOURCES, default_cache
-from ulsad.images import load_image, to_tensor
-from ulsad.train import resolve_device
-from ulsad.visualize import display_range, overlay
+from ulsad import ULSAD
+from ulsad.checkpoint import save_pretrained
+from ulsad.devices import resolve_device
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
-SHARED_DATA = NOTEBOOKS.parent.parent / "shared" / "data"  # real data beside the repository, if any
-print(f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-      f"smoke mode: {SMOKE}")
-
-import sys
-
-from torch.utils.flop_counter import FlopCounterMode
-
-from ulsad.checkpoint import save_pretrained
+print(
+    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
+    f"smoke mode: {SMOKE}"
+)
 
 sys.path.insert(0, str(NOTEBOOKS.parent))  # the repository root: the benchmarks package
 from benchmarks.common import interleaved, machine, matmul_gflops, median
@@ -91,8 +81,10 @@ device = resolve_device(DEVICE)
 env = machine(device)  # what the benchmark scripts record with every report
 hardware = env["cuda_device"] or f"{env['cpu']}, {env['torch_threads']} torch threads"
 rate = matmul_gflops(device, n=2048 if SMOKE else 4096)
-print(f"device {device} ({hardware}), torch {env['torch']}, commit {env['git_commit']}, "
-      f"fp32 matmul {rate:.0f} GFLOP/s, load average {env['load_average_start']}")
+print(
+    f"device {device} ({hardware}), torch {env['torch']}, commit {env['git_commit']}, "
+    f"fp32 matmul {rate:.0f} GFLOP/s, load average {env['load_average_start']}"
+)
 
 
 # %% [markdown]
@@ -102,6 +94,7 @@ print(f"device {device} ({hardware}), torch {env['torch']}, commit {env['git_com
 # into the frozen backbone, the local branch (FeatAE) and the global branch; what is left is
 # map post-processing (upsampling, blur).
 
+
 # %%
 def count(module):
     return 0 if module is None else sum(p.numel() for p in module.parameters())
@@ -110,23 +103,37 @@ def count(module):
 PARTS = ("extractor", "featae", "global_ae")
 models, rows = {}, []
 for preset in PRESETS_TO_MEASURE:
-    model = ULSAD.from_preset(preset, pretrained_backbone=False, image_size=IMAGE_SIZE).to(device).eval()
+    model = (
+        ULSAD.from_preset(preset, pretrained_backbone=False, image_size=IMAGE_SIZE)
+        .to(device)
+        .eval()
+    )
     models[preset] = model
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))
     by_module = counter.get_flop_counts()
-    rows.append({"preset": preset, "backbone": model.config.backbone,
-                 "params_M": {p: count(getattr(model, p)) / 1e6 for p in PARTS},
-                 "gflops": {p: sum(by_module.get(f"ULSAD.{p}", {}).values()) / 1e9 for p in PARTS},
-                 "total_gflops": counter.get_total_flops() / 1e9})
-table = ["| preset | backbone | params backbone / FeatAE / global (M) | total params (M) | "
-         "GFLOP backbone / FeatAE / global | total GFLOP | compute floor here (ms) |", "|---|---|---|---|---|---|---|"]
+    rows.append(
+        {
+            "preset": preset,
+            "backbone": model.config.backbone,
+            "params_M": {p: count(getattr(model, p)) / 1e6 for p in PARTS},
+            "gflops": {p: sum(by_module.get(f"ULSAD.{p}", {}).values()) / 1e9 for p in PARTS},
+            "total_gflops": counter.get_total_flops() / 1e9,
+        }
+    )
+table = [
+    "| preset | backbone | params backbone / FeatAE / global (M) | total params (M) | "
+    "GFLOP backbone / FeatAE / global | total GFLOP | compute floor here (ms) |",
+    "|---|---|---|---|---|---|---|",
+]
 for r in rows:
     p, f = r["params_M"], r["gflops"]
     r["floor_ms"] = 1000 * r["total_gflops"] / rate
-    table.append(f"| {r['preset']} | {r['backbone']} | {p['extractor']:.1f} / {p['featae']:.1f} / "
-                 f"{p['global_ae']:.2f} | {sum(p.values()):.1f} | {f['extractor']:.1f} / {f['featae']:.1f} / "
-                 f"{f['global_ae']:.2f} | {r['total_gflops']:.1f} | {r['floor_ms']:.0f} |")
+    table.append(
+        f"| {r['preset']} | {r['backbone']} | {p['extractor']:.1f} / {p['featae']:.1f} / "
+        f"{p['global_ae']:.2f} | {sum(p.values()):.1f} | {f['extractor']:.1f} / {f['featae']:.1f} / "
+        f"{f['global_ae']:.2f} | {r['total_gflops']:.1f} | {r['floor_ms']:.0f} |"
+    )
 display(Markdown("\n".join(table) + f"\n\nOne {IMAGE_SIZE} x {IMAGE_SIZE} image, forward pass."))
 
 
@@ -135,6 +142,7 @@ display(Markdown("\n".join(table) + f"\n\nOne {IMAGE_SIZE} x {IMAGE_SIZE} image,
 #
 # The presets are timed in interleaved rounds (lite, paper, lite, paper, ...), so that other
 # load on the machine affects both alike.
+
 
 # %%
 def forward(model, batch):
@@ -147,20 +155,41 @@ def forward(model, batch):
     return run
 
 
-latency = interleaved({r["preset"]: forward(models[r["preset"]], 1) for r in rows}, device, REPEATS, warmup=1)
-batched = interleaved({r["preset"]: forward(models[r["preset"]], BATCH) for r in rows}, device,
-                      max(1, REPEATS // 3), warmup=1)
+latency = interleaved(
+    {r["preset"]: forward(models[r["preset"]], 1) for r in rows}, device, REPEATS, warmup=1
+)
+batched = interleaved(
+    {r["preset"]: forward(models[r["preset"]], BATCH) for r in rows},
+    device,
+    max(1, REPEATS // 3),
+    warmup=1,
+)
 for r in rows:
     r["latency_ms"] = 1000 * median(latency[r["preset"]])
     r["throughput"] = BATCH / median(batched[r["preset"]])
-table = [f"| preset | latency batch 1 (ms) | over the compute floor | throughput batch {BATCH} (img/s) |",
-         "|---|---|---|---|"]
-table += [f"| {r['preset']} | {r['latency_ms']:.1f} | {r['latency_ms'] / r['floor_ms']:.2f}x | "
-          f"{r['throughput']:.1f} |" for r in rows]
+table = [
+    f"| preset | latency batch 1 (ms) | over the compute floor | throughput batch {BATCH} (img/s) |",
+    "|---|---|---|---|",
+]
+table += [
+    f"| {r['preset']} | {r['latency_ms']:.1f} | {r['latency_ms'] / r['floor_ms']:.2f}x | "
+    f"{r['throughput']:.1f} |"
+    for r in rows
+]
 display(Markdown("\n".join(table)))
-fig = go.Figure([go.Bar(x=[r["preset"] for r in rows], y=[r["latency_ms"] for r in rows], name="measured",
-                        text=[f"{r['latency_ms']:.0f} ms" for r in rows]),
-                 go.Bar(x=[r["preset"] for r in rows], y=[r["floor_ms"] for r in rows], name="compute floor")])
+fig = go.Figure(
+    [
+        go.Bar(
+            x=[r["preset"] for r in rows],
+            y=[r["latency_ms"] for r in rows],
+            name="measured",
+            text=[f"{r['latency_ms']:.0f} ms" for r in rows],
+        ),
+        go.Bar(
+            x=[r["preset"] for r in rows], y=[r["floor_ms"] for r in rows], name="compute floor"
+        ),
+    ]
+)
 fig.update_layout(title=f"latency per image, batch 1, {hardware}", yaxis_title="ms", height=340)
 fig.show()
 
@@ -176,7 +205,9 @@ WORK = tempfile.TemporaryDirectory(prefix="ulsad-efficiency-")
 for r in tqdm(rows, desc="checkpoints and memory"):
     model = models[r["preset"]]
     for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16")):
-        folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype, store_backbone=True)
+        folder = save_pretrained(
+            model, Path(WORK.name) / f"{r['preset']}-{name}", dtype=dtype, store_backbone=True
+        )
         r[f"checkpoint_{name}_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
     folder = save_pretrained(model, Path(WORK.name) / f"{r['preset']}-default")  # compact for lite
     r["checkpoint_default_MiB"] = (folder / "model.safetensors").stat().st_size / 2**20
@@ -188,16 +219,25 @@ for r in tqdm(rows, desc="checkpoints and memory"):
         r["peak_gpu_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     elif not (SMOKE and r["preset"] == "paper"):  # a fresh process each; smoke: lite only
         memory = cpu_memory("torch", Path(WORK.name) / f"{r['preset']}-fp32", [1], None)
-        r["rss_after_import_MiB"], r["peak_rss_MiB"] = memory["rss_after_import_mb"], memory["peak_rss_batch1_mb"]
+        r["rss_after_import_MiB"], r["peak_rss_MiB"] = (
+            memory["rss_after_import_mb"],
+            memory["peak_rss_batch1_mb"],
+        )
     for name in ("fp32", "fp16"):
         shutil.rmtree(Path(WORK.name) / f"{r['preset']}-{name}")
-table = ["| preset | checkpoint fp32 (MiB) | fp16 (MiB) | default (MiB) | CPU peak RSS, 1 image (MiB) | "
-         "of which after imports (MiB) | peak GPU memory (MiB) |", "|---|---|---|---|---|---|---|"]
+table = [
+    "| preset | checkpoint fp32 (MiB) | fp16 (MiB) | default (MiB) | CPU peak RSS, 1 image (MiB) | "
+    "of which after imports (MiB) | peak GPU memory (MiB) |",
+    "|---|---|---|---|---|---|---|",
+]
 for r in rows:
     cells = [r.get(k) for k in ("peak_rss_MiB", "rss_after_import_MiB", "peak_gpu_MiB")]
-    table.append(f"| {r['preset']} | {r['checkpoint_fp32_MiB']:.1f} | {r['checkpoint_fp16_MiB']:.1f} | "
-                 f"{r['checkpoint_default_MiB']:.1f} | "
-                 + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells) + " |")
+    table.append(
+        f"| {r['preset']} | {r['checkpoint_fp32_MiB']:.1f} | {r['checkpoint_fp16_MiB']:.1f} | "
+        f"{r['checkpoint_default_MiB']:.1f} | "
+        + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells)
+        + " |"
+    )
 display(Markdown("\n".join(table)))
 
 # %% [markdown]
@@ -220,13 +260,22 @@ display(Markdown("\n".join(table)))
 import importlib.util
 
 N_PATCHES, DIM = 28 * 28, 1536
-bank_rows = ["| coreset ratio | bank vectors | bank size (MiB) | search GFLOP per image |", "|---|---|---|---|"]
+bank_rows = [
+    "| coreset ratio | bank vectors | bank size (MiB) | search GFLOP per image |",
+    "|---|---|---|---|",
+]
 for ratio in (0.01, 0.1):
     vectors = int(ratio * N_TRAIN_IMAGES * N_PATCHES)
-    bank_rows.append(f"| {ratio:.0%} | {vectors:,} | {vectors * DIM * 4 / 2**20:.0f} | "
-                     f"{N_PATCHES * vectors * DIM * 2 / 1e9:.1f} |")
-display(Markdown(f"PatchCore memory bank for {N_TRAIN_IMAGES} training images (from its definition):\n\n"
-                 + "\n".join(bank_rows)))
+    bank_rows.append(
+        f"| {ratio:.0%} | {vectors:,} | {vectors * DIM * 4 / 2**20:.0f} | "
+        f"{N_PATCHES * vectors * DIM * 2 / 1e9:.1f} |"
+    )
+display(
+    Markdown(
+        f"PatchCore memory bank for {N_TRAIN_IMAGES} training images (from its definition):\n\n"
+        + "\n".join(bank_rows)
+    )
+)
 
 patchcore = None
 if importlib.util.find_spec("anomalib") is None:
@@ -235,7 +284,9 @@ else:
     try:
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-        pc = PatchcoreModel(layers=["layer2", "layer3"], backbone="wide_resnet50_2", pre_trained=False).to(device)
+        pc = PatchcoreModel(
+            layers=["layer2", "layer3"], backbone="wide_resnet50_2", pre_trained=False
+        ).to(device)
         x = torch.rand(1, 3, 224, 224, device=device)
         with torch.inference_mode():
             embedding = pc.train()(x)  # training mode returns the patch embeddings
@@ -249,10 +300,14 @@ else:
 
             times = interleaved({"patchcore": score}, device, REPEATS, warmup=1)["patchcore"]
         patchcore = {"vectors": vectors, "latency_ms": 1000 * median(times)}
-        print(f"anomalib PatchCore, 10% coreset of {N_TRAIN_IMAGES} images ({vectors:,} vectors): "
-              f"{patchcore['latency_ms']:.1f} ms per 224 px image at batch 1 on {device}")
+        print(
+            f"anomalib PatchCore, 10% coreset of {N_TRAIN_IMAGES} images ({vectors:,} vectors): "
+            f"{patchcore['latency_ms']:.1f} ms per 224 px image at batch 1 on {device}"
+        )
     except Exception as error:  # anomalib's API differs between versions
-        print(f"anomalib is installed but its PatchCore could not be timed here: {type(error).__name__}: {error}")
+        print(
+            f"anomalib is installed but its PatchCore could not be timed here: {type(error).__name__}: {error}"
+        )
 
 # %% [markdown]
 # ## 5. The full inference benchmark
@@ -272,24 +327,52 @@ if RUN_INFERENCE_BENCHMARK:
     out = Path(WORK.name) / "inference.json"
     inference.main(["--out", str(out)])
     reports.append(out)
-COLUMNS = [("name", "model"), ("device", "device"), ("latency_ms", "batch-1 ms"), ("throughput_img_s", "img/s"),
-           ("time_over_reference", "time / reference"), ("gflop_per_image", "GFLOP"), ("params_m", "params M"),
-           ("checkpoint_mb", "file MiB"), ("peak_rss_batch1_mb", "RSS@1 MiB"),
-           ("max_abs_map_difference_vs_reference", "max diff vs reference")]
+COLUMNS = [
+    ("name", "model"),
+    ("device", "device"),
+    ("latency_ms", "batch-1 ms"),
+    ("throughput_img_s", "img/s"),
+    ("time_over_reference", "time / reference"),
+    ("gflop_per_image", "GFLOP"),
+    ("params_m", "params M"),
+    ("checkpoint_mb", "file MiB"),
+    ("peak_rss_batch1_mb", "RSS@1 MiB"),
+    ("max_abs_map_difference_vs_reference", "max diff vs reference"),
+]
 for path in reports:
     report = json.loads(path.read_text())
     m = report.get("machine", {})
-    lines = [f"`{path.name}`: {m.get('cuda_device') or m.get('cpu')}, {m.get('torch_threads')} threads, "
-             f"torch {m.get('torch')}, commit `{(m.get('git_commit') or 'unknown')[:10]}`", "",
-             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"`{path.name}`: {m.get('cuda_device') or m.get('cpu')}, {m.get('torch_threads')} threads, "
+        f"torch {m.get('torch')}, commit `{(m.get('git_commit') or 'unknown')[:10]}`",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     for row in report.get("rows", []):
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v if v is not None else "")
-                                       for v in (row.get(k) for k, _ in COLUMNS)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                f"{v:.3g}" if isinstance(v, float) else str(v if v is not None else "")
+                for v in (row.get(k) for k, _ in COLUMNS)
+            )
+            + " |"
+        )
     display(Markdown("\n".join(lines)))
 if not reports:
-    print("No inference benchmark report committed yet, and not run here (RUN_INFERENCE_BENCHMARK = False).")
+    print(
+        "No inference benchmark report committed yet, and not run here (RUN_INFERENCE_BENCHMARK = False)."
+    )
 
 # %%
-summary = {"smoke": SMOKE, "device": str(device), "hardware": hardware, "image_size": IMAGE_SIZE,
-           "matmul_gflops": rate, "presets": rows, "patchcore": patchcore, "reports": len(reports)}
+summary = {
+    "smoke": SMOKE,
+    "device": str(device),
+    "hardware": hardware,
+    "image_size": IMAGE_SIZE,
+    "matmul_gflops": rate,
+    "presets": rows,
+    "patchcore": patchcore,
+    "reports": len(reports),
+}
 print(json.dumps(summary, indent=1, default=float))
