@@ -64,6 +64,7 @@ import ulsad
 from ulsad import ULSAD
 from ulsad.checkpoint import save_pretrained
 from ulsad.devices import resolve_device
+from ulsad.plots import markdown_table
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
 print(
@@ -121,20 +122,25 @@ for preset in PRESETS_TO_MEASURE:
             "total_gflops": counter.get_total_flops() / 1e9,
         }
     )
-table = [
-    "| preset | backbone | params backbone / FeatAE / global (M) | total params (M) | "
-    "GFLOP backbone / FeatAE / global | total GFLOP | compute floor here (ms) |",
-    "|---|---|---|---|---|---|---|",
-]
+table = []
 for r in rows:
     p, f = r["params_M"], r["gflops"]
     r["floor_ms"] = 1000 * r["total_gflops"] / rate
     table.append(
-        f"| {r['preset']} | {r['backbone']} | {p['extractor']:.1f} / {p['featae']:.1f} / "
-        f"{p['global_ae']:.2f} | {sum(p.values()):.1f} | {f['extractor']:.1f} / {f['featae']:.1f} / "
-        f"{f['global_ae']:.2f} | {r['total_gflops']:.1f} | {r['floor_ms']:.0f} |"
+        [
+            r["preset"],
+            r["backbone"],
+            f"{p['extractor']:.1f} / {p['featae']:.1f} / {p['global_ae']:.2f}",
+            f"{sum(p.values()):.1f}",
+            f"{f['extractor']:.1f} / {f['featae']:.1f} / {f['global_ae']:.2f}",
+            f"{r['total_gflops']:.1f}",
+            f"{r['floor_ms']:.0f}",
+        ]
     )
-display(Markdown("\n".join(table) + f"\n\nOne {IMAGE_SIZE} x {IMAGE_SIZE} image, forward pass."))
+header = ["preset", "backbone", "params backbone / FeatAE / global (M)", "total params (M)"]
+header += ["GFLOP backbone / FeatAE / global", "total GFLOP", "compute floor here (ms)"]
+footer = f"\n\nOne {IMAGE_SIZE} x {IMAGE_SIZE} image, forward pass."
+display(Markdown(markdown_table(header, table) + footer))
 
 
 # %% [markdown]
@@ -167,16 +173,18 @@ batched = interleaved(
 for r in rows:
     r["latency_ms"] = 1000 * median(latency[r["preset"]])
     r["throughput"] = BATCH / median(batched[r["preset"]])
+header = ["preset", "latency batch 1 (ms)", "over the compute floor"]
+header += [f"throughput batch {BATCH} (img/s)"]
 table = [
-    f"| preset | latency batch 1 (ms) | over the compute floor | throughput batch {BATCH} (img/s) |",
-    "|---|---|---|---|",
-]
-table += [
-    f"| {r['preset']} | {r['latency_ms']:.1f} | {r['latency_ms'] / r['floor_ms']:.2f}x | "
-    f"{r['throughput']:.1f} |"
+    [
+        r["preset"],
+        f"{r['latency_ms']:.1f}",
+        f"{r['latency_ms'] / r['floor_ms']:.2f}x",
+        f"{r['throughput']:.1f}",
+    ]
     for r in rows
 ]
-display(Markdown("\n".join(table)))
+display(Markdown(markdown_table(header, table)))
 fig = go.Figure(
     [
         go.Bar(
@@ -225,20 +233,17 @@ for r in tqdm(rows, desc="checkpoints and memory"):
         )
     for name in ("fp32", "fp16"):
         shutil.rmtree(Path(WORK.name) / f"{r['preset']}-{name}")
-table = [
-    "| preset | checkpoint fp32 (MiB) | fp16 (MiB) | default (MiB) | CPU peak RSS, 1 image (MiB) | "
-    "of which after imports (MiB) | peak GPU memory (MiB) |",
-    "|---|---|---|---|---|---|---|",
-]
+table = []
 for r in rows:
-    cells = [r.get(k) for k in ("peak_rss_MiB", "rss_after_import_MiB", "peak_gpu_MiB")]
+    sizes = [r[f"checkpoint_{k}_MiB"] for k in ("fp32", "fp16", "default")]
+    memory = [r.get(k) for k in ("peak_rss_MiB", "rss_after_import_MiB", "peak_gpu_MiB")]
     table.append(
-        f"| {r['preset']} | {r['checkpoint_fp32_MiB']:.1f} | {r['checkpoint_fp16_MiB']:.1f} | "
-        f"{r['checkpoint_default_MiB']:.1f} | "
-        + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells)
-        + " |"
+        [r["preset"], *(f"{v:.1f}" for v in sizes)]
+        + ["n/a" if v is None else f"{v:.0f}" for v in memory]
     )
-display(Markdown("\n".join(table)))
+header = ["preset", "checkpoint fp32 (MiB)", "fp16 (MiB)", "default (MiB)"]
+header += ["CPU peak RSS, 1 image (MiB)", "of which after imports (MiB)", "peak GPU memory (MiB)"]
+display(Markdown(markdown_table(header, table)))
 
 # %% [markdown]
 # ## 4. Against a memory-bank method
@@ -260,20 +265,16 @@ display(Markdown("\n".join(table)))
 import importlib.util
 
 N_PATCHES, DIM = 28 * 28, 1536
-bank_rows = [
-    "| coreset ratio | bank vectors | bank size (MiB) | search GFLOP per image |",
-    "|---|---|---|---|",
-]
+bank_rows = []
 for ratio in (0.01, 0.1):
     vectors = int(ratio * N_TRAIN_IMAGES * N_PATCHES)
-    bank_rows.append(
-        f"| {ratio:.0%} | {vectors:,} | {vectors * DIM * 4 / 2**20:.0f} | "
-        f"{N_PATCHES * vectors * DIM * 2 / 1e9:.1f} |"
-    )
+    size_mib, gflop = vectors * DIM * 4 / 2**20, N_PATCHES * vectors * DIM * 2 / 1e9
+    bank_rows.append([f"{ratio:.0%}", f"{vectors:,}", f"{size_mib:.0f}", f"{gflop:.1f}"])
+header = ["coreset ratio", "bank vectors", "bank size (MiB)", "search GFLOP per image"]
 display(
     Markdown(
         f"PatchCore memory bank for {N_TRAIN_IMAGES} training images (from its definition):\n\n"
-        + "\n".join(bank_rows)
+        + markdown_table(header, bank_rows)
     )
 )
 
@@ -342,23 +343,15 @@ COLUMNS = [
 for path in reports:
     report = json.loads(path.read_text())
     m = report.get("machine", {})
-    lines = [
+    title = (
         f"`{path.name}`: {m.get('cuda_device') or m.get('cpu')}, {m.get('torch_threads')} threads, "
-        f"torch {m.get('torch')}, commit `{(m.get('git_commit') or 'unknown')[:10]}`",
-        "",
-        "| " + " | ".join(h for _, h in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        f"torch {m.get('torch')}, commit `{(m.get('git_commit') or 'unknown')[:10]}`"
+    )
+    table = [
+        [f"{v:.3g}" if isinstance(v, float) else str(v if v is not None else "") for v in values]
+        for values in ([row.get(k) for k, _ in COLUMNS] for row in report.get("rows", []))
     ]
-    for row in report.get("rows", []):
-        lines.append(
-            "| "
-            + " | ".join(
-                f"{v:.3g}" if isinstance(v, float) else str(v if v is not None else "")
-                for v in (row.get(k) for k, _ in COLUMNS)
-            )
-            + " |"
-        )
-    display(Markdown("\n".join(lines)))
+    display(Markdown(f"{title}\n\n" + markdown_table([h for _, h in COLUMNS], table)))
 if not reports:
     print(
         "No inference benchmark report committed yet, and not run here (RUN_INFERENCE_BENCHMARK = False)."
