@@ -1,4 +1,4 @@
-"""The notebooks: committed clean and in sync with their generator, and runnable end to end.
+"""The notebooks: committed clean and in sync with their jupytext source, and runnable end to end.
 
 Every notebook is executed in smoke mode (ULSAD_SMOKE=1: tiny synthetic data, plus a few real
 images where ../shared/data is present) with nbclient, from notebooks/ as working directory, on
@@ -8,7 +8,6 @@ defines `summary`; the test appends a cell that prints it as JSON and checks its
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -73,17 +72,18 @@ def test_committed_without_outputs_and_one_parameters_cell(path):
     assert SMOKE_SWITCH in nb.cells[tagged[0] + 1].source  # ULSAD_SMOKE=1 overrides the cell
 
 
-def test_notebooks_match_their_generator():
-    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "_build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    built = build.build()
-    assert sorted(built) == EXPECTED
-    for name, nb in built.items():
-        committed = read(NOTEBOOK_DIR / f"{name}.ipynb")
+def test_notebooks_match_their_jupytext_source():
+    import jupytext
+
+    sources = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    assert [p.stem for p in sources] == EXPECTED
+    for source in sources:
+        built = jupytext.read(source)  # what `jupytext --sync` writes into the .ipynb
+        committed = read(source.with_suffix(".ipynb"))
+        assert built.metadata.kernelspec == committed.metadata.kernelspec
         assert [(c.cell_type, c.source, c.metadata) for c in committed.cells] == [
-            (c.cell_type, c.source, c.metadata) for c in nb.cells
-        ], f"{name}.ipynb differs from notebooks/_build.py: run python notebooks/_build.py"
+            (c.cell_type, c.source, c.metadata) for c in built.cells
+        ], f"{source.stem}.ipynb differs from {source.name}: run jupytext --sync notebooks/*.py"
 
 
 # ------------------------------------------------------------------------------ execution
