@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 import ulsad
 from ulsad import ULSAD, ULSADError
-from ulsad.checkpoint import available_checkpoints, read_manifest
 from ulsad.data import load_split, make_synthetic_dataset
 from ulsad.devices import resolve_device
+from ulsad.hub import available_checkpoints, read_manifest
 from ulsad.images import find_images, load_image
 from ulsad.plots import hide_axes, maps_figure, markdown_table, score_histogram
 from ulsad.visualize import overlay

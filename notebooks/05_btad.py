@@ -18,7 +18,7 @@
 # 2. trains ULSAD on one category step by step: the three losses, what each one learns,
 #    and what the local (structural) and global (logical) anomaly maps show;
 # 3. evaluates that category exactly as the benchmark runner does;
-# 4. runs the whole dataset through the benchmark runner (`ulsad.benchmark`, the same code as
+# 4. runs the whole dataset through the benchmark runner (`ulsad.experiments`, the same code as
 #    `ulsad benchmark --dataset btad`) and puts our numbers next to the paper's;
 # 5. loads the full-run results committed in `notebooks/full_runs/btad/`, with the
 #    hardware and commit they came from.
@@ -69,10 +69,10 @@ from tqdm.auto import tqdm
 
 import ulsad
 from ulsad import ULSAD, ULSADError
-from ulsad.benchmark import FORMAT, PAPER_RESULTS, make_jobs, run_benchmark, run_category
 from ulsad.data import load_mask, load_split, make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
 from ulsad.devices import resolve_device
+from ulsad.experiments import FORMAT, PAPER_RESULTS, make_jobs, run_benchmark, run_category
 from ulsad.images import load_image, to_tensor
 from ulsad.plots import (
     bar_chart,
@@ -377,7 +377,7 @@ score_histogram(
 # `{RESULTS_DIR}/full/summary.md` and `summary.csv`. The command-line equivalent is
 # `ulsad benchmark --dataset btad --root DATA_ROOT --preset paper --out RESULTS_DIR`.
 #
-# The paper's numbers (Patra & Ben Taieb 2024, `ulsad.benchmark.PAPER_RESULTS`) are dataset means of the `paper` preset after 200 epochs, so they compare with our mean row of a full `paper` run over every category only; smoke-mode and `lite` numbers are not comparable.
+# The paper's numbers (Patra & Ben Taieb 2024, `ulsad.experiments.PAPER_RESULTS`) are dataset means of the `paper` preset after 200 epochs, so they compare with our mean row of a full `paper` run over every category only; smoke-mode and `lite` numbers are not comparable.
 
 # %%
 report = run_benchmark(jobs)

@@ -11,7 +11,7 @@
 #
 # The paper builds ULSAD up from plain deep feature reconstruction (DFR) and reports the gain
 # of each step. The benchmark runner has these steps as named variants
-# (`ulsad.benchmark.ABLATIONS`, i.e. `ulsad benchmark --ablation all`):
+# (`ulsad.experiments.ABLATIONS`, i.e. `ulsad benchmark --ablation all`):
 #
 # | variant | model | loss |
 # |---|---|---|
@@ -71,10 +71,11 @@ from tqdm.auto import tqdm
 
 import ulsad
 from ulsad import ULSADError
-from ulsad.benchmark import ABLATIONS, make_jobs, run_benchmark
 from ulsad.data import make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
 from ulsad.devices import resolve_device
+from ulsad.experiments import ABLATIONS, make_jobs, run_benchmark
+from ulsad.experiments.tables import load_records
 from ulsad.plots import bar_chart, markdown_table
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
@@ -126,15 +127,7 @@ display(Markdown(table.read_text()))
 
 
 # %%
-def load_records(folder):
-    return [
-        json.loads(p.read_text())
-        for p in sorted(Path(folder).glob("*.json"))
-        if not p.name.endswith(".error.json")
-    ]
-
-
-variant_records = {v: load_records(RESULTS_DIR / "variants" / v) for v in VARIANTS}
+variant_records = {v: load_records(RESULTS_DIR / "variants" / v)[0] for v in VARIANTS}
 
 
 def mean_metric(records, key):
