@@ -188,7 +188,7 @@ for lam in tqdm(LAMBDAS, desc="lambdas"):
     )
     if run_benchmark(lambda_jobs, executor=EXECUTOR).failed:
         raise ULSADError(f"lambda {lam} failed: see {out}")
-    lambda_records[lam] = load_records(out / "full")
+    lambda_records[lam] = load_records(out / "full")[0]
 lambdas = sorted(k for k, v in lambda_records.items() if v)
 rows = [
     [f"{lam:g}", *(f"{mean_metric(lambda_records[lam], k) or float('nan'):.2f}" for k in keys)]

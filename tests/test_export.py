@@ -16,7 +16,7 @@ from torch import nn
 from ulsad import ULSAD, ULSADError
 from ulsad.cli import main
 from ulsad.data import load_split
-from ulsad.export import OnnxPredictor, _transposed_as_conv, export_onnx, max_abs_difference
+from ulsad.export import OnnxPredictor, export_onnx, max_abs_difference, transposed_as_conv
 
 pytest.importorskip("onnxruntime")
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over score and maps
@@ -46,7 +46,7 @@ def test_transposed_convolutions_become_equal_convolutions():
         nn.ConvTranspose2d(5, 3, (3, 5), padding=(0, 1), bias=False),
     )
     x = torch.randn(2, 8, 7, 9)
-    converted = _transposed_as_conv(nn.Sequential(*[m for m in block]))
+    converted = transposed_as_conv(nn.Sequential(*[m for m in block]))
     kinds = [type(m) for m in converted]
     assert kinds == [nn.ConvTranspose2d, nn.Conv2d, nn.Conv2d]
     with torch.no_grad():

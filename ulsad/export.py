@@ -37,7 +37,7 @@ OUTPUT_NAMES = ("score", "anomaly_map", "local_map", "global_map")
 DEFAULT_OPSET = 17
 
 
-def _transposed_as_conv(module: nn.Module) -> nn.Module:
+def transposed_as_conv(module: nn.Module) -> nn.Module:
     """Replace stride-1 `ConvTranspose2d` layers by equivalent `Conv2d` ones (flipped kernels).
 
     Same output; ONNX Runtime's CPU ConvTranspose is about 2x slower than its Conv for the FeatAE's
@@ -62,7 +62,7 @@ def _transposed_as_conv(module: nn.Module) -> nn.Module:
                     conv.bias.copy_(child.bias)
             setattr(module, name, conv)
         else:
-            _transposed_as_conv(child)
+            transposed_as_conv(child)
     return module
 
 
@@ -84,7 +84,7 @@ def export_onnx(model: ULSAD, path: str | Path, opset: int = DEFAULT_OPSET) -> P
     except ImportError as error:
         raise ULSADError("ONNX export needs onnx: pip install onnx onnxruntime") from error
     path = Path(path)
-    graph = _Graph(_transposed_as_conv(copy.deepcopy(model).cpu().float().eval())).eval()
+    graph = _Graph(transposed_as_conv(copy.deepcopy(model).cpu().float().eval())).eval()
     s = model.config.image_size
     dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     with warnings.catch_warnings(), atomic_path(path) as tmp:
