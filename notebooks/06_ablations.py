@@ -237,7 +237,7 @@ for preset in tqdm(BACKBONES, desc="backbones"):
     )
     if run_benchmark(preset_jobs, executor=EXECUTOR).failed:
         raise ULSADError(f"preset {preset} failed: see {out}")
-    backbone_records[preset] = load_records(out / "full")
+    backbone_records[preset] = load_records(out / "full")[0]
 rows = []
 for preset, records in backbone_records.items():
     train_s = sum(r["timings"]["train_s"] for r in records) / max(len(records), 1)
