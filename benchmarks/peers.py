@@ -351,13 +351,13 @@ def run_category(
 
     # ulsad: `ulsad train` without flags (in --quick: a list of 8 images, 2 epochs).
     torch.manual_seed(0)
-    model = ULSAD.from_preset("lite")
+    model = ULSAD.from_preset("lite", **({"epochs": 2} if args.quick else {}))
     fit_kwargs: dict[str, Any] = {"progress": False}
     if args.device:
         fit_kwargs["device"] = args.device
     start = time.perf_counter()
     if args.quick:
-        model.fit(train, epochs=2, **fit_kwargs)
+        model.fit(train, **fit_kwargs)
     else:
         model.fit(root, category=category, dataset=dataset, **fit_kwargs)
     fit_s = time.perf_counter() - start

@@ -53,26 +53,26 @@ def probe(checkpoint: str, path: str, concurrent: int) -> None:
     """Child: peak RSS (MiB) before and after `concurrent` inspections of `path`, as JSON."""
     import torch
 
-    from ulsad import ULSAD
-    from ulsad import app_utils as au
+    from ulsad import ULSAD, ULSADError
+    from ulsad.app import checkpoints, inputs, scoring
 
     torch.set_num_threads(1)
     model = ULSAD.from_pretrained(checkpoint)
-    threshold = au.model_threshold(model)
+    threshold = checkpoints.model_threshold(model)
     small = Path(tempfile.mkdtemp()) / "small.png"
     from PIL import Image
 
     Image.new("RGB", (256, 256), (100, 100, 100)).save(small)
-    au.inspect_image(model, au.load_upload(small)[0], threshold)  # warm-up
+    scoring.inspect_image(model, inputs.load_upload(small)[0], threshold)  # warm-up
     before = peak_rss_mb()
     outcomes: list[str] = []
 
     def one() -> None:
         try:
-            image, _ = au.load_upload(path, Path(path).name)
-            au.inspect_image(model, image, threshold)
+            image, _ = inputs.load_upload(path, Path(path).name)
+            scoring.inspect_image(model, image, threshold)
             outcomes.append("inspected")
-        except au.ULSADError as error:
+        except ULSADError as error:
             outcomes.append(f"refused: {error}")
 
     started = time.perf_counter()
@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         probe(args.probe[0], args.probe[1], int(args.probe[2]))
         return 0
-    from ulsad import app_utils as au
+    from ulsad.app import inputs
 
     # the probes run from the repository root: a checkpoint folder is passed as an absolute path
     local = Path(args.checkpoint)
     checkpoint = str(local.resolve()) if local.exists() else args.checkpoint
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        uploads = make_uploads(Path(tmp), au.MAX_UPLOAD_PIXELS)
+        uploads = make_uploads(Path(tmp), inputs.MAX_UPLOAD_PIXELS)
         for case, path in uploads.items():
             for n in args.concurrent:
                 command = [*python_module(__spec__.name), "--probe", checkpoint, str(path), str(n)]
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("peak_rss_after_mb", "peak RSS", ".0f"), ("extra_mb", "extra MiB", ".0f"),
                        ("seconds", "s", ".1f")]))  # fmt: skip
     report = {
-        "limits": {"max_upload_pixels": au.MAX_UPLOAD_PIXELS, "max_side": au.MAX_SIDE},
+        "limits": {"max_upload_pixels": inputs.MAX_UPLOAD_PIXELS, "max_side": inputs.MAX_SIDE},
         "checkpoint": args.checkpoint,
         "rows": rows,
         "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},

@@ -1,4 +1,5 @@
-"""The Gradio app (`app.py`), served on a free local port and driven through its API.
+"""The Gradio app (`ulsad.app`, launched by `app.py`), served on a free local port and driven
+through its API.
 
 Scores must equal `model.predict`, images keep their size, bad inputs give a readable message
 and the app keeps answering, a fit runs while inspect stays responsive, sessions are separate.
@@ -6,7 +7,6 @@ and the app keeps answering, a fit runs while inspect stays responsive, sessions
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import time
@@ -18,9 +18,8 @@ import pytest
 from conftest import header_only_png
 from PIL import Image
 
-from ulsad import ULSAD, checkpoint
-from ulsad import app_utils as au
-from ulsad.checkpoint import WEIGHTS_DIR
+from ulsad import ULSAD, ULSADError, hub
+from ulsad.hub import WEIGHTS_DIR
 
 gr = pytest.importorskip("gradio")
 pytest.importorskip("plotly")
@@ -28,14 +27,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
 
+from ulsad.app import checkpoints, fitting, inputs, scoring, sessions, ui  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_app_module():
-    spec = importlib.util.spec_from_file_location("ulsad_demo_app", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -46,9 +40,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_module():
+    """The app's page (`build_demo`, `LAUNCH_KWARGS`, its handlers), the Hub offline meanwhile."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        yield load_app_module()
+        yield ui
 
 
 def serve(app_module, **build_kwargs):
@@ -145,11 +140,11 @@ def test_unusual_images_are_read(served, model, test_images, tmp_path, tmp_path_
 
 def test_large_image_is_downscaled_with_a_notice(served, test_images, tmp_path, tmp_path_factory):
     path = tmp_path / "long.png"
-    Image.open(test_images["good"][0]).resize((au.MAX_SIDE + 904, 250)).save(path)
+    Image.open(test_images["good"][0]).resize((inputs.MAX_SIDE + 904, 250)).save(path)
     _, overlay, *_, verdict, _ = client(served, tmp_path_factory).predict(
         handle_file(path), api_name="/inspect"
     )
-    assert Image.open(overlay).size == (au.MAX_SIDE, 205)
+    assert Image.open(overlay).size == (inputs.MAX_SIDE, 205)
     assert "downscaled to 4096x205" in verdict
 
 
@@ -170,7 +165,11 @@ def test_bad_inputs_give_a_message_and_the_app_keeps_serving(
         ((handle_file(huge),), {}, "20000x20000 pixels, more than"),
         ((handle_file(good),), {"custom_checkpoint": "nobody/nothing"}, "Could not download"),
         ((handle_file(good),), {"custom_checkpoint": str(tmp_path)}, "Unknown checkpoint"),
-        ((handle_file(good),), {"checkpoint": au.FITTED}, "No model fitted in this session"),
+        (
+            (handle_file(good),),
+            {"checkpoint": checkpoints.FITTED},
+            "No model fitted in this session",
+        ),
     ]
     for args, kwargs, message in cases:
         with pytest.raises(AppError, match=message) as error:
@@ -246,14 +245,14 @@ def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
     fitted = ULSAD.from_pretrained(folder)
     assert fitted.config.preset == "lite" and fitted.calibrated
     assert (fitted.config.augment_copies, fitted.config.augment_flip) == (7, True)
-    assert checkpoint["value"] == au.FITTED
+    assert checkpoint["value"] == checkpoints.FITTED
     assert threshold["value"] == pytest.approx(float(fitted.threshold), abs=1e-6)
     # The fitter's session now inspects with its own model; other sessions do not see it.
     path = test_images["defect"][0]
-    score = fitter.predict(handle_file(path), checkpoint=au.FITTED, api_name="/inspect")[0]
+    score = fitter.predict(handle_file(path), checkpoint=checkpoints.FITTED, api_name="/inspect")[0]
     assert score == pytest.approx(fitted.predict(path).score, abs=1e-5)
     with pytest.raises(AppError, match="No model fitted in this session"):
-        other.predict(handle_file(path), checkpoint=au.FITTED, api_name="/inspect")
+        other.predict(handle_file(path), checkpoint=checkpoints.FITTED, api_name="/inspect")
 
 
 def test_one_fit_at_a_time_and_inspect_has_its_own_queue(served):
@@ -274,10 +273,10 @@ def test_one_fit_at_a_time_and_inspect_has_its_own_queue(served):
 def test_default_app_uses_the_embedded_checkpoint_and_its_examples(
     app_module, test_images, tmp_path_factory
 ):
-    choices, default = au.checkpoint_choices()
+    choices, default = checkpoints.checkpoint_choices()
     assert default == "bottle" and ("bottle" in [value for _, value in choices])
     examples = sorted((WEIGHTS_DIR / "bottle" / "examples").glob("*.png"))
-    rows = au.example_rows(choices)
+    rows = checkpoints.example_rows(choices)
     assert [Path(image) for image, name in rows if name == "bottle"] == examples
     image = examples[0] if examples else test_images["good"][0]
     demo = serve(app_module)
@@ -308,12 +307,12 @@ def test_manifest_drives_the_default_checkpoint_dropdown_and_examples(
     }
     (weights / "manifest.json").write_text(json.dumps(manifest))
     (weights / "demo" / "examples" / "ATTRIBUTION.md").write_text("# Credits\nSynthetic, CC0.\n")
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
-    choices, default = au.checkpoint_choices()
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    choices, default = checkpoints.checkpoint_choices()
     assert choices == [("Missing (from the Hub)", "missing"), ("Demo", "demo")]
     assert default == "demo"
-    assert au.example_rows(choices) == [[str(p), "demo"] for p in examples]
-    assert au.example_credits(choices) == "Synthetic, CC0."
+    assert checkpoints.example_rows(choices) == [[str(p), "demo"] for p in examples]
+    assert checkpoints.example_credits(choices) == "Synthetic, CC0."
     demo = serve(app_module)
     try:
         api = client(demo, tmp_path_factory)
@@ -345,8 +344,8 @@ def test_app_loads_checkpoints_from_the_hub(
     (weights / "manifest.json").write_text(
         json.dumps({"default": "remote", "checkpoints": {"remote": entry}})
     )
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
-    assert au.checkpoint_choices() == ([("Remote (from the Hub)", "remote")], "remote")
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    assert checkpoints.checkpoint_choices() == ([("Remote (from the Hub)", "remote")], "remote")
     demo = serve(app_module)
     try:
         score = client(demo, tmp_path_factory).predict(handle_file(image), api_name="/inspect")[0]
@@ -358,7 +357,7 @@ def test_app_loads_checkpoints_from_the_hub(
     fitted = tmp_path_factory.mktemp("fitted")  # the app pushes a fitted folder with its card
     for name in ("config.json", "model.safetensors", "training.json"):
         (fitted / name).write_bytes((trained_checkpoint / name).read_bytes())
-    status = app_module.push("me/app-push", "", True, au.Session(fitted=fitted))
+    status = app_module.push("me/app-push", "", True, sessions.Session(fitted=fitted))
     assert status.startswith("Pushed to ") and hub.repos["me/app-push"].private
     pushed = hub.repos["me/app-push"].commits[status.rsplit("/", 1)[-1]]
     assert sorted(pushed) == ["README.md", "config.json", "model.safetensors", "training.json"]
@@ -367,8 +366,8 @@ def test_app_loads_checkpoints_from_the_hub(
 
 def test_push_needs_a_fitted_model_and_reports_the_hub_error(app_module, trained_checkpoint):
     with pytest.raises(gr.Error, match="Fit a model first"):
-        app_module.push("me/ulsad-test", "", True, au.Session())
-    fitted = au.Session(fitted=trained_checkpoint)
+        app_module.push("me/ulsad-test", "", True, sessions.Session())
+    fitted = sessions.Session(fitted=trained_checkpoint)
     with pytest.raises(gr.Error, match="your-name/repo-name"):
         app_module.push("no-slash", "", True, fitted)
     with pytest.raises(gr.Error, match=r"Could not push to me/ulsad-test: .*offline"):
@@ -385,7 +384,7 @@ def test_collect_images_unpacks_zips_inside_workdir_and_enforces_the_limit(tmp_p
             zipped.write(png, name)
         zipped.writestr("notes.txt", "x")
     workdir = tmp_path / "work"
-    images, skipped = au.collect_images(
+    images, skipped = inputs.collect_images(
         [str(png), str(archive), str(tmp_path / "x.csv")], workdir, 10
     )
     # Hidden files, macOS resource forks and paths climbing out of the archive are left out.
@@ -397,31 +396,31 @@ def test_collect_images_unpacks_zips_inside_workdir_and_enforces_the_limit(tmp_p
         "x.csv: not an image",
     ]
     assert not (tmp_path.parent / "evil.png").exists()
-    with pytest.raises(au.ULSADError, match="at most 1 at a time"):
-        au.collect_images([str(png), str(archive)], tmp_path / "work2", 1)
+    with pytest.raises(ULSADError, match="at most 1 at a time"):
+        inputs.collect_images([str(png), str(archive)], tmp_path / "work2", 1)
 
 
 def test_model_cache_evicts_the_least_recently_used(tmp_path):
-    cache = au.ModelCache(maxsize=2, device="cpu")
+    cache = checkpoints.ModelCache(maxsize=2, device="cpu")
     first, second, third = object(), object(), object()
     cache.put("a", first)
     cache.put("b", second)
     assert cache.get("a") is first  # now the most recent
     cache.put("c", third)
     assert cache.get("a") is first and cache.get("c") is third
-    with pytest.raises(au.ULSADError):
+    with pytest.raises(ULSADError):
         cache.get(str(tmp_path))  # "b" was evicted; a folder without a checkpoint is refused
-    with pytest.raises(au.ULSADError, match="No checkpoint chosen"):
+    with pytest.raises(ULSADError, match="No checkpoint chosen"):
         cache.get("  ")
 
 
 def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
     images = [(p, p.name) for p in test_images["train"][:10]]
-    with pytest.raises(au.ULSADError, match="Epochs must be between 1 and 200"):
-        au.fit_lite(images, tmp_path / "a", epochs=0)
+    with pytest.raises(ULSADError, match="Epochs must be between 1 and 200"):
+        fitting.fit_lite(images, tmp_path / "a", epochs=0)
     epochs_seen = []
-    with pytest.raises(au.FitStopped):
-        au.fit_lite(
+    with pytest.raises(fitting.FitStopped):
+        fitting.fit_lite(
             images,
             tmp_path / "b",
             epochs=3,
@@ -463,7 +462,7 @@ APP_CASES = [
     ("dotdot-repo-id", "/inspect", {"custom_checkpoint": "../.."}, UNKNOWN),
     ("api-checkpoint-path", "/inspect", {"checkpoint": "/"}, UNKNOWN),
     ("api-checkpoint-folder", "/inspect", {"checkpoint": "{folder}"}, UNKNOWN),
-    ("no-fitted-model", "/inspect", {"checkpoint": au.FITTED}, "No model fitted in this session"),
+    ("no-fitted-model", "/inspect", {"checkpoint": checkpoints.FITTED}, "No model fitted in this session"),
     ("threshold-text", "/inspect", {"threshold": "abc"}, "Threshold must be a number"),
     ("threshold-huge", "/inspect", {"threshold": 1e9}, "Threshold must be between"),
     ("batch-unreadable", "/batch", {"files": ["{truncated}"]}, "None of the uploaded files"),
@@ -544,7 +543,7 @@ def test_local_folders_only_when_the_environment_variable_allows(
         (copy / name).write_bytes((trained_checkpoint / name).read_bytes())
     with pytest.raises(AppError, match="Unknown checkpoint"):
         api.predict(handle_file(image), custom_checkpoint=str(copy), api_name="/inspect")
-    monkeypatch.setenv(au.LOCAL_CHECKPOINTS_ENV, "1")
+    monkeypatch.setenv(checkpoints.LOCAL_CHECKPOINTS_ENV, "1")
     score = api.predict(handle_file(image), custom_checkpoint=str(copy), api_name="/inspect")[0]
     assert score == pytest.approx(model.predict(image).score, abs=1e-5)
     # A bad config.json there is one clear message (was "Unexpected error (TypeError ...)").
@@ -558,16 +557,16 @@ def test_hub_repo_ids_are_checked_strictly():
     good = ["owner/name", "a-b/c.d_e", "ULSAD/bottle-lite"]
     bad = ["", "owner", "a/b/c", "/owner/name", "../x", "a/..", "a/b.", "-a/b", "a/.b", "a--b/c",
            "a/b.git", "~/x", "a b/c", "a/b\n", "x" * 97 + "/y"]  # fmt: skip
-    assert all(checkpoint.is_hub_repo_id(s) for s in good)
-    assert not any(checkpoint.is_hub_repo_id(s) for s in bad)
+    assert all(hub.is_hub_repo_id(s) for s in good)
+    assert not any(hub.is_hub_repo_id(s) for s in bad)
     for spec in [s for s in bad[1:] if s.strip() == s]:  # the app strips what users type
-        with pytest.raises(au.ULSADError, match="Unknown checkpoint"):
-            au.checkpoint_source(spec, offered=[])
+        with pytest.raises(ULSADError, match="Unknown checkpoint"):
+            checkpoints.checkpoint_source(spec, offered=[])
 
 
 def test_messages_show_no_server_paths():
     message = "Cannot read /srv/app/uploads/x.png: see https://huggingface.co/a/b and owner/name."
-    assert au.scrub_paths(message) == (
+    assert inputs.scrub_paths(message) == (
         "Cannot read x.png: see https://huggingface.co/a/b and owner/name."
     )
 
@@ -585,10 +584,10 @@ def test_unpacked_bytes_have_one_budget_per_request(tmp_path):
             for j in range(4):
                 zipped.write(png, f"{j}.png")
     budget = 10 * size  # each zip (4 images) fits, the three (12) do not
-    images, _ = au.collect_images(zips[:2], tmp_path / "ok", 100, budget=budget)
+    images, _ = inputs.collect_images(zips[:2], tmp_path / "ok", 100, budget=budget)
     assert len(images) == 8
-    with pytest.raises(au.ULSADError, match="unpack to more than"):
-        au.collect_images(zips, tmp_path / "w", 100, budget=budget)
+    with pytest.raises(ULSADError, match="unpack to more than"):
+        inputs.collect_images(zips, tmp_path / "w", 100, budget=budget)
     written = sum(p.stat().st_size for p in (tmp_path / "w").iterdir())
     assert written <= budget
 
@@ -607,7 +606,7 @@ def test_zip_members_left_out_are_named(tmp_path):
         zipped.write(inner, "nested/inner.zip")
         zipped.writestr("doc.pdf", b"%PDF")
         zipped.writestr("__MACOSX/._ok.png", b"")
-    images, skipped = au.collect_images([archive], tmp_path / "w", 10)
+    images, skipped = inputs.collect_images([archive], tmp_path / "w", 10)
     assert [name for _, name in images] == ["up.zip/ok.png"]
     assert skipped == [
         "up.zip/../up.png: outside the archive, not unpacked",
@@ -621,26 +620,26 @@ def test_uploads_decode_within_bounded_memory(tmp_path):
     """A 1.5 MB PNG of 16000x16000 peaked at 3.9 GB: refused before decoding now; big JPEGs
     are decoded reduced."""
     png = header_only_png(tmp_path / "wide.png", 16_000, 16_000)
-    with pytest.raises(au.ULSADError, match="more than the 64,000,000"):
-        au.load_upload(png, "wide.png")
+    with pytest.raises(ULSADError, match="more than the 64,000,000"):
+        inputs.load_upload(png, "wide.png")
     jpeg = tmp_path / "big.jpg"
     Image.new("RGB", (12_000, 6_000), (90, 120, 150)).save(jpeg, quality=50)  # 72 Mpx
-    image, notice = au.load_upload(jpeg, "big.jpg")
-    assert image.size == (au.MAX_SIDE, au.MAX_SIDE // 2)
+    image, notice = inputs.load_upload(jpeg, "big.jpg")
+    assert image.size == (inputs.MAX_SIDE, inputs.MAX_SIDE // 2)
     assert notice == "big.jpg is 12000x6000 pixels: downscaled to 4096x2048 for inspection."
 
 
 def test_gradio_cache_and_idle_sessions_are_purged(served, app_module, tmp_path):
     assert served.delete_cache == app_module.DELETE_CACHE and served.delete_cache is not None
-    old, new = au.Session(), au.Session()
+    old, new = sessions.Session(), sessions.Session()
     stale = old.workdir
     (stale / "fitted-1").mkdir()
     fresh = new.workdir
-    past = time.time() - au.SESSION_TTL_S - 60
+    past = time.time() - sessions.SESSION_TTL_S - 60
     import os
 
     os.utime(stale, (past, past))
-    removed = au.sweep_sessions(force=True)
+    removed = sessions.sweep_sessions(force=True)
     assert stale in removed and not stale.exists() and fresh.is_dir()
     assert old.workdir.is_dir() and old.workdir != stale  # a returning session gets a new one
     old.cleanup()
@@ -650,7 +649,7 @@ def test_gradio_cache_and_idle_sessions_are_purged(served, app_module, tmp_path)
 def test_csv_cells_cannot_run_as_formulas(tmp_path):
     rows = [{"image": name, "score": 0.5, "anomalous": False}
             for name in ("=HYPERLINK(\"x\").png", "+1.png", "-2.png", "@a.png", "ok.png")]  # fmt: skip
-    path = au.write_csv(rows, tmp_path / "s.csv", 0.4)
+    path = scoring.write_csv(rows, tmp_path / "s.csv", 0.4)
     cells = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
     assert [c.strip('"') for c in cells] == [
         "'=HYPERLINK(\"\"x\"\").png", "'+1.png", "'-2.png", "'@a.png", "ok.png",
@@ -660,11 +659,29 @@ def test_csv_cells_cannot_run_as_formulas(tmp_path):
 def test_both_thresholds_of_a_checkpoint_are_offered(trained_checkpoint):
     """The held-out maximum (default) and the best F1 on synthetic defects, from the checkpoint."""
     model = ULSAD.from_pretrained(trained_checkpoint)
-    assert au.model_threshold(model) == pytest.approx(float(model.threshold))
-    f1 = au.model_threshold(model, "f1")
+    assert checkpoints.model_threshold(model) == pytest.approx(float(model.threshold))
+    f1 = checkpoints.model_threshold(model, "f1")
     assert f1 is not None and f1 == pytest.approx(float(model.threshold_f1))
-    assert f1 != au.model_threshold(model)
-    with pytest.raises(au.ULSADError, match="Threshold kind"):
-        au.model_threshold(model, "median")
+    assert f1 != checkpoints.model_threshold(model)
+    with pytest.raises(ULSADError, match="Threshold kind"):
+        checkpoints.model_threshold(model, "median")
     model.threshold_f1.fill_(float("nan"))  # a checkpoint without synthetic validation
-    assert au.model_threshold(model, "f1") is None
+    assert checkpoints.model_threshold(model, "f1") is None
+
+
+def test_heatmap_and_overlay_show_the_same_colours():
+    """The plotly heatmap's colour scale is the overlay's colour map: same colour at each value."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    from ulsad.app.figures import heatmap_figure
+    from ulsad.visualize import colorize, display_range
+
+    threshold = 0.5  # the display range is 0 to 2 * threshold
+    values = (np.array([0, 30, 64, 100, 128, 170, 191, 230, 255], np.float32) + 0.5) / 256
+    anomaly_map = np.tile(values, (4, 1))
+    heatmap = heatmap_figure(anomaly_map, threshold).data[0]
+    assert (heatmap.zmin, heatmap.zmax) == display_range(anomaly_map, threshold) == (0.0, 1.0)
+    scale = [[float(position), color] for position, color in heatmap.colorscale]
+    plotly_rgb = np.array([unlabel_rgb(c) for c in sample_colorscale(scale, values.tolist())])
+    overlay_rgb = colorize(anomaly_map, 0.0, 1.0)[0].astype(float)
+    assert np.abs(plotly_rgb - overlay_rgb).max() <= 2  # of 255: the overlay's 256-entry table

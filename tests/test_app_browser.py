@@ -3,7 +3,6 @@ clicked, and the result image appears. Screenshot: test-artifacts/app.png."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 from pathlib import Path
@@ -33,10 +32,9 @@ def app_url(trained_checkpoint):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        spec = importlib.util.spec_from_file_location("ulsad_demo_app", ROOT / "app.py")
-        app = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(app)
-        demo = app.build_demo(
+        from ulsad.app import ui
+
+        demo = ui.build_demo(
             choices=[("synthetic", str(trained_checkpoint))], default=str(trained_checkpoint)
         )
         with socket.socket() as sock:
@@ -47,7 +45,7 @@ def app_url(trained_checkpoint):
             server_name="127.0.0.1",
             server_port=port,
             quiet=True,
-            **app.LAUNCH_KWARGS,
+            **ui.LAUNCH_KWARGS,
         )
         yield demo.local_url
         demo.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,8 @@ ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 @dataclass
 class Prediction:
-    """One image's result. Maps are float32 (H, W) at the image's original size."""
+    """One image's result. Maps are float32 (H, W) at the image's original size (S x S, the
+    model's input size, from `iter_predictions(..., resize=False)`)."""
 
     score: float
     anomaly_map: np.ndarray
@@ -45,6 +46,45 @@ def _resize(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
     return resized[:, 0].float().cpu().numpy()
 
 
+def iter_predictions(
+    forward: Callable[[Tensor], AnomalyMaps],
+    items: Sequence[Any],
+    *,
+    image_size: int,
+    threshold: float | None,
+    batch_size: int = 8,
+    load: Callable[[Any], Image.Image | None] = load_image,
+    resize: bool = True,
+) -> Iterator[tuple[Any, Image.Image, Prediction]]:
+    """(input, image, prediction) for each input, one batch at a time, so that any number of inputs
+    fits in memory. `load` reads an input (None skips it: the loader reports why, e.g. an
+    unreadable upload among many); `resize=False` leaves the maps at the model's S x S."""
+    for start in range(0, len(items), batch_size):
+        loaded = [(item, load(item)) for item in items[start : start + batch_size]]
+        loaded = [(item, image) for item, image in loaded if image is not None]
+        if not loaded:
+            continue
+        out = forward(torch.stack([to_tensor(image, image_size) for _, image in loaded]))
+        for i, (item, image) in enumerate(loaded):
+            maps = torch.stack([out.anomaly_map[i], out.local_map[i], out.global_map[i]])
+            size = (image.height, image.width)
+            combined, local_map, global_map = (
+                _resize(maps, size) if resize else maps.float().cpu().numpy()
+            )
+            yield (
+                item,
+                image,
+                Prediction(
+                    score=float(out.score[i]),
+                    anomaly_map=combined,
+                    local_map=local_map,
+                    global_map=global_map,
+                    threshold=threshold,
+                    path=Path(item) if isinstance(item, (str, Path)) else None,
+                ),
+            )
+
+
 def predict_batches(
     forward: Callable[[Tensor], AnomalyMaps],
     inputs: Any,
@@ -57,25 +97,8 @@ def predict_batches(
     images in [0, 1] to `AnomalyMaps`; all backends share loading, batching and resizing."""
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
-    results: list[Prediction] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        images: list[Image.Image] = [load_image(item) for item in chunk]
-        out = forward(torch.stack([to_tensor(im, image_size) for im in images]))
-        for i, (item, image) in enumerate(zip(chunk, images, strict=True)):
-            size = (image.height, image.width)
-            maps = torch.stack([out.anomaly_map[i], out.local_map[i], out.global_map[i]])
-            combined, local_map, global_map = _resize(maps, size)
-            results.append(
-                Prediction(
-                    score=float(out.score[i]),
-                    anomaly_map=combined,
-                    local_map=local_map,
-                    global_map=global_map,
-                    threshold=threshold,
-                    path=Path(item) if isinstance(item, (str, Path)) else None,
-                )
-            )
+    kwargs = {"image_size": image_size, "threshold": threshold, "batch_size": batch_size}
+    results = [prediction for *_, prediction in iter_predictions(forward, items, **kwargs)]
     return results[0] if single else results
 
 

@@ -6,17 +6,21 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# "inferno"-like control points (position, RGB), interpolated into a 256-entry lookup table.
-_STOPS = [
+# The one colour map of ulsad: "inferno"-like control points (position, RGB), interpolated
+# linearly in RGB into a 256-entry lookup table here and into the app's plotly colour scale.
+COLOR_STOPS = [
     (0.00, (0, 0, 4)),
     (0.25, (87, 16, 110)),
     (0.50, (188, 55, 84)),
     (0.75, (249, 142, 9)),
     (1.00, (252, 255, 164)),
 ]
-_POSITIONS = np.array([p for p, _ in _STOPS])
+_POSITIONS = np.array([p for p, _ in COLOR_STOPS])
 _LUT = np.stack(
-    [np.interp(np.linspace(0, 1, 256), _POSITIONS, [c[i] for _, c in _STOPS]) for i in range(3)],
+    [
+        np.interp(np.linspace(0, 1, 256), _POSITIONS, [c[i] for _, c in COLOR_STOPS])
+        for i in range(3)
+    ],
     axis=1,
 ).astype(np.uint8)
 
