@@ -91,6 +91,8 @@ def layout_entries(readme: str) -> list[str]:
             continue
         depth = len(match[1]) // 4 + (1 if re.search(r"├── |└── ", line) else 0)
         name = match[2]
+        if name.endswith(".py"):
+            assert len(line[match.end() :].strip()) > 10, f"Layout: {name} has no description"
         parents[depth:] = [name]
         paths.append("".join(parents))
     return [p for p in paths if p.endswith(".py")]
