@@ -18,7 +18,8 @@ import pytest
 from conftest import header_only_png
 from PIL import Image
 
-from ulsad import ULSAD, ULSADError, hub
+import ulsad.hub
+from ulsad import ULSAD, ULSADError
 from ulsad.hub import WEIGHTS_DIR
 
 gr = pytest.importorskip("gradio")
@@ -307,7 +308,7 @@ def test_manifest_drives_the_default_checkpoint_dropdown_and_examples(
     }
     (weights / "manifest.json").write_text(json.dumps(manifest))
     (weights / "demo" / "examples" / "ATTRIBUTION.md").write_text("# Credits\nSynthetic, CC0.\n")
-    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(ulsad.hub, "WEIGHTS_DIR", weights)
     choices, default = checkpoints.checkpoint_choices()
     assert choices == [("Missing (from the Hub)", "missing"), ("Demo", "demo")]
     assert default == "demo"
@@ -344,7 +345,7 @@ def test_app_loads_checkpoints_from_the_hub(
     (weights / "manifest.json").write_text(
         json.dumps({"default": "remote", "checkpoints": {"remote": entry}})
     )
-    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(ulsad.hub, "WEIGHTS_DIR", weights)
     assert checkpoints.checkpoint_choices() == ([("Remote (from the Hub)", "remote")], "remote")
     demo = serve(app_module)
     try:
@@ -557,8 +558,8 @@ def test_hub_repo_ids_are_checked_strictly():
     good = ["owner/name", "a-b/c.d_e", "ULSAD/bottle-lite"]
     bad = ["", "owner", "a/b/c", "/owner/name", "../x", "a/..", "a/b.", "-a/b", "a/.b", "a--b/c",
            "a/b.git", "~/x", "a b/c", "a/b\n", "x" * 97 + "/y"]  # fmt: skip
-    assert all(hub.is_hub_repo_id(s) for s in good)
-    assert not any(hub.is_hub_repo_id(s) for s in bad)
+    assert all(ulsad.hub.is_hub_repo_id(s) for s in good)
+    assert not any(ulsad.hub.is_hub_repo_id(s) for s in bad)
     for spec in [s for s in bad[1:] if s.strip() == s]:  # the app strips what users type
         with pytest.raises(ULSADError, match="Unknown checkpoint"):
             checkpoints.checkpoint_source(spec, offered=[])

@@ -1,10 +1,13 @@
-"""Training: cached frozen features, Adam + MultiStepLR, held-out calibration, resumable.
+"""Training: cached frozen features, Adam with the config's schedule, held-out calibration,
+synthetic-defect validation, resumable.
 
 The backbone is frozen, so its features (and the self-attention target, which depends on them
 alone) are computed once, for every image and for its augmented copies if any; an epoch then
 costs only the two trainable branches. Map quantiles and the default threshold come from good
 images held out of the TRAINING folder (or the dataset's own validation split), never from test
-images.
+images. `train` strings together small public pieces (`training_data`, `prepare_sets`,
+`make_optimizer`, `run_epoch` / `train_step`, `EpochChoice`, `save_state` / `load_state`,
+`calibrate`) that benchmarks and notebooks reuse. The schedule is the model's config alone.
 """
 
 from __future__ import annotations
