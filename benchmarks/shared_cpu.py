@@ -57,14 +57,14 @@ SETTINGS = {"ulsad default": {}, "before": {}, "ACTIVE": {"OMP_WAIT_POLICY": "AC
 
 
 def run_once(setting: str, root: Path, steps: int, shared: bool) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env.update(SETTINGS[setting])
+    plain = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {**plain, **SETTINGS[setting]}
     competitor = None
-    if shared:
-        competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR, "600"], env=env)
+    if shared:  # the other job is not ours: it runs with OpenMP's own defaults, whatever we set
+        competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR, "600"], env=plain)
         time.sleep(2)
     try:
-        mode = "before" if setting == "before" else "plain"
+        mode = "plain" if setting == "ulsad default" else "before"  # others: no ulsad default
         out = subprocess.run(
             [sys.executable, "-c", CHILD, mode, str(root), str(steps)],
             env=env, capture_output=True, text=True, check=True,
