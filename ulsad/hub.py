@@ -18,6 +18,7 @@ from ulsad.card import write_model_card
 from ulsad.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
+    TRAINING_NAME,
     WEIGHTS_NAME,
     load_checkpoint,
     read_config,
@@ -201,7 +202,7 @@ UPLOAD_PATTERNS = [
     CONFIG_NAME,
     WEIGHTS_NAME,
     CARD_NAME,
-    "training.json",
+    TRAINING_NAME,
     "eval*.json",
     "examples/*",
 ]

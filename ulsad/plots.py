@@ -19,6 +19,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from ulsad.data import Sample, load_mask
+from ulsad.experiments.tables import markdown_table
 from ulsad.images import load_image
 from ulsad.visualize import display_range, overlay
 
@@ -36,12 +37,6 @@ def thumb(array: np.ndarray, side: int = 160) -> np.ndarray:
 def percent(value: float | None) -> str:
     """A fraction as a percentage with two decimals; empty for a missing value."""
     return "" if value is None else f"{100 * value:.2f}"
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table; cells are written with `str`."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
 def hide_axes(fig: go.Figure) -> go.Figure:

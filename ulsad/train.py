@@ -27,7 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ulsad.checkpoint import TRAINING_NAME, round_to_storage, save_pretrained
+from ulsad.checkpoint import (
+    CONFIG_NAME,
+    TRAINING_NAME,
+    WEIGHTS_NAME,
+    round_to_storage,
+    save_pretrained,
+)
 from ulsad.config import ULSADConfig
 from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
@@ -442,8 +448,7 @@ def train(
     model.to(device)
     state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
     if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
-        remove_stale_temporaries(out_dir, [STATE_NAME, TRAINING_NAME, "model.safetensors",
-                                           "config.json"])  # fmt: skip
+        remove_stale_temporaries(out_dir, [STATE_NAME, TRAINING_NAME, WEIGHTS_NAME, CONFIG_NAME])
     train_items, val_items = training_data(data, category, dataset, cfg)
     epochs = cfg.training_epochs(len(train_items))
     key = run_key(cfg, epochs, train_items, val_items)

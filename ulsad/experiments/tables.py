@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,10 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) 
         writer.writerows(rows)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """The lines of a Markdown table."""
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (reports here, notebooks through `ulsad.plots`); cells written with `str`."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
 def cell(value: Any, digits: int) -> str:
@@ -148,7 +148,7 @@ def summary_markdown(variant: str, columns, table, records, errors) -> str:
         line = [cell(row.get(k), 1 if k in ("train_s", "eval_ms_per_image") else 2)
                 for k, _ in columns]  # fmt: skip
         cells.append([f"**{c}**" if c else c for c in line] if row.get("mean") else line)
-    lines += markdown_table([h for _, h in columns], cells)
+    lines.append(markdown_table([h for _, h in columns], cells))
     if any(r.get("mean") and r["n_categories"] < r["n_official"] for r in table):
         lines += ["", "Means over fewer categories than the dataset has are not comparable with "
                   "the paper's means."]  # fmt: skip
@@ -219,7 +219,7 @@ def write_ablation_table(out: Path, means: dict[str, list[dict[str, Any]]]) -> l
     lines = [
         "# Ablation: dataset means per variant (percent)",
         "",
-        *markdown_table(header, cells(2)),
+        markdown_table(header, cells(2)),
     ]
     write_text_atomic(out / "variants.md", "\n".join(lines) + "\n")
     return [out / "variants.csv", out / "variants.md"]
