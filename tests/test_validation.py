@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from ulsad import ULSAD, ULSADConfig, ULSADError
 from ulsad.data import make_synthetic_dataset
 from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, perlin_noise, synthetic_defects
+from ulsad.train import pruned_after
 from ulsad.validation import ValidationMaps, best_weight, f1_threshold, fusion_table
 
 
@@ -173,39 +175,87 @@ def test_choices_use_training_images_only(tiny_root, tmp_path, monkeypatch):
         ULSAD.from_preset("lite", local_weight=None, synthetic_defects=0)
 
 
+# ----------------------------------------------------------------------------- pruning
+def test_pruning_starts_at_the_first_validation_point_that_drops_the_global_branch():
+    config = ULSADConfig(synthetic_defects=8, prune_global=True)
+    history = [{"epoch": 1}, {"epoch": 2, "synthetic": {"local_weight": 0.75}}, {"epoch": 3},
+               {"epoch": 4, "synthetic": {"local_weight": 1.0}},
+               {"epoch": 6, "synthetic": {"local_weight": 0.5}}]  # fmt: skip
+    assert pruned_after(config, history) == 4
+    assert pruned_after(config, history[:3]) is None
+    assert pruned_after(config.replace(prune_global=False), history) is None
+    no_global = config.replace(global_branch=False, attention_loss=False)
+    assert pruned_after(no_global, history) is None  # nothing to prune
+
+
+def test_local_only_loss_leaves_the_global_branch_untouched():
+    model = ULSAD.from_preset("lite", pretrained_backbone=False).train()
+    images = torch.rand(2, 3, 256, 256)
+    normalized = model.extractor.normalize(images)
+    features = model.features(normalized)
+    full = model.losses(features, normalized)
+    local = model.losses(features, normalized, local_only=True)
+    assert local.total.item() == local.local.item() == pytest.approx(full.local.item(), rel=1e-5)
+    assert local.attention.item() == local.global_local.item() == 0
+    assert full.global_local.item() > 0
+    local.total.backward()
+    assert all(p.grad is None for p in model.global_ae.parameters())
+    assert model.featae.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_pruned_global_branch_stops_changing(tiny_root, tmp_path):
+    """With the local map alone chosen at the first validation point, the global autoencoder's
+    weights change until then and never after; the checkpoint records when."""
+    model = ULSAD.from_preset("lite", epochs=4, batch_size=4, local_weight=1.0,
+                              synthetic_defects=6, validation_points=2)  # fmt: skip
+    assert model.config.prune_global  # the lite default
+    snapshots = [{k: v.clone() for k, v in model.global_ae.state_dict().items()}]
+
+    def snapshot(epoch, epochs, train_loss, val_loss):
+        snapshots.append({k: v.clone() for k, v in model.global_ae.state_dict().items()})
+
+    model.fit(tiny_root, category="tiny", out_dir=tmp_path, progress=False, callback=snapshot)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["synthetic_validation"]["global_pruned_after"] == 2
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(snapshots[0], snapshots[1]) and not same(snapshots[1], snapshots[2])
+    assert same(snapshots[2], snapshots[3]) and same(snapshots[3], snapshots[4])
+
+
 # ----------------------------------------------------------------------------- logical defects
 def _layout_image(rng: np.random.Generator, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """256 px: a yellow disc on the left and a blue one on the right, on a noisy grey ground.
-    Logical defects keep every disc intact, so each patch still looks like a normal patch:
-    ``swapped`` (the colours trade places), ``missing`` (the blue disc is gone) and ``duplicated``
-    (two yellow discs)."""
-    size, radius = 256, 22
+    """256 px: two discs of one colour (random per image), 160 px apart, on a noisy grey ground.
+    Each defect leaves every patch looking like a normal patch, so only the layout is wrong:
+    ``mismatched`` (the right disc has another colour) and ``missing`` (the right disc is gone).
+    Together the two discs span more of the image than the local branch relates."""
+    size, radius, gap = 256, 22, 160
     yy, xx = np.mgrid[0:size, 0:size]
     image = np.full((size, size, 3), 120.0) + rng.normal(0, 6, size=(size, size, 3))
     mask = np.zeros((size, size), dtype=bool)
-    yellow, blue = np.array([220.0, 190.0, 40.0]), np.array([40.0, 70.0, 210.0])
-    left, right = (96 + rng.integers(-3, 4), 128), (160 + rng.integers(-3, 4), 128)
-    colours = {"swapped": (blue, yellow), "duplicated": (yellow, yellow)}.get(
-        defect, (yellow, blue)
-    )
-    for (x, y), colour, name in zip((left, right), colours, ("left", "right"), strict=True):
-        disc = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
-        if defect == "missing" and name == "right":
+    hue = rng.random()
+    colour = 255 * np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.9))
+    other = 255 * np.array(colorsys.hsv_to_rgb((hue + 0.33 + 0.33 * rng.random()) % 1, 0.8, 0.9))
+    for side in (-1, 1):
+        x = 128 + side * gap // 2 + rng.integers(-3, 4)
+        disc = (yy - 128) ** 2 + (xx - x) ** 2 <= radius**2
+        if side == 1 and defect is not None:
             mask |= disc
-            continue
-        image[disc] = colour
-        if defect == "swapped" or (defect == "duplicated" and name == "right"):
-            mask |= disc
+            if defect == "missing":
+                continue
+        image[disc] = other if side == 1 and defect == "mismatched" else colour
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
 def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> None:
     from PIL import Image
 
-    kinds = ("swapped", "missing", "duplicated")
+    kinds = ("mismatched", "missing")
     jobs = [("train/good", None, i) for i in range(n_train)]
     jobs += [("test/good", None, i) for i in range(n_good)]
-    jobs += [(f"test/{kinds[i % 3]}", kinds[i % 3], i) for i in range(n_defect)]
+    jobs += [(f"test/{kinds[i % 2]}", kinds[i % 2], i) for i in range(n_defect)]
     for folder, defect, i in jobs:
         split = ("train/good", "test/good").index(folder) if defect is None else 2
         image, mask = _layout_image(np.random.default_rng((split, i)), defect)
@@ -218,27 +268,33 @@ def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> N
 
 
 @pytest.mark.slow
-def test_full_model_finds_logical_layout_defects(tmp_path):
-    """Colours swapped, a part missing or duplicated: each disc is intact, only the layout is
-    wrong. The full model, fused as the paper fuses, separates them from good images.
+def test_global_branch_finds_logical_defects_that_the_local_branch_misses(tmp_path):
+    """Same training, same budget: the full model, fused as the paper fuses (0.5/0.5), separates
+    a wrong colour pairing and a missing part from good images; the local-only model
+    (`global_branch=False`) does not, because every patch of a defective image is normal.
 
-    (A local-only model found them too here, at 0.98: its FeatAE sees about 120 px of the 256 px
-    image, so two discs 64 px apart are within its view.)"""
+    (Measured: full 0.95, local-only 0.38 image AUROC. The synthetic-defect validation chooses
+    the local map alone here as well, see the README: it does not yet see logical defects.)"""
     from ulsad.data import load_split
     from ulsad.metrics import image_auroc
 
     _write_layout_set(tmp_path, n_train=40, n_good=9, n_defect=18)
     test = load_split("mvtec_ad", tmp_path, "layout", "test")
-    labels = [s.label for s in test]
-    model = ULSAD.from_preset(
-        "lite", epochs=None, steps=200, lr=1e-3, lr_schedule="cosine", local_weight=0.5
-    )
-    model.fit(tmp_path, category="layout", progress=False)
-    scores = [p.score for p in model.predict([s.path for s in test])]
-    assert image_auroc(labels, scores) >= 0.9
-    by_kind = {}
-    for sample, score in zip(test, scores, strict=True):
-        by_kind.setdefault(sample.defect, []).append(score)
-    good = max(by_kind.pop("good"))
-    for kind, values in by_kind.items():  # most of each kind score above every good image
-        assert np.mean(np.array(values) > good) >= 0.5, kind
+    paths, labels = [s.path for s in test], np.array([s.label for s in test])
+    kinds = np.array([s.defect for s in test])
+    aurocs = {}
+    for name, overrides in {
+        "full": {"local_weight": 0.5},
+        "local": {"global_branch": False, "attention_loss": False},
+    }.items():
+        model = ULSAD.from_preset("lite", steps=200, **overrides)
+        model.fit(tmp_path, category="layout", progress=False)
+        scores = np.array([p.score for p in model.predict(paths)])
+        aurocs[name] = {"all": image_auroc(labels, scores)}
+        for kind in ("mismatched", "missing"):
+            keep = (kinds == kind) | (labels == 0)
+            aurocs[name][kind] = image_auroc(labels[keep], scores[keep])
+    assert aurocs["full"]["all"] >= 0.85, aurocs
+    assert aurocs["local"]["all"] <= 0.65, aurocs
+    for kind in ("mismatched", "missing"):  # the global branch adds each kind, not just one
+        assert aurocs["full"][kind] >= aurocs["local"][kind] + 0.2, (kind, aurocs)

@@ -226,11 +226,19 @@ class ULSADModel(nn.Module):
         return reconstruction, global_features
 
     def losses(
-        self, features: Tensor, normalized_images: Tensor, self_attention: Tensor | None = None
+        self,
+        features: Tensor,
+        normalized_images: Tensor,
+        self_attention: Tensor | None = None,
+        local_only: bool = False,
     ) -> Losses:
-        """The three training losses; `self_attention` may be precomputed (it depends on features only)."""
+        """The three training losses; `self_attention` may be precomputed (it depends on features
+        only). `local_only`: the local loss alone, without running the global branch."""
         cfg, c = self.config, self.config.channels
-        reconstruction, global_features = self.branches(features, normalized_images)
+        if local_only:
+            reconstruction, global_features = self.featae(features), None
+        else:
+            reconstruction, global_features = self.branches(features, normalized_images)
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
         local = feature_distance(features, reconstruction[:, :c], lambda_local).mean()
         zero = local.new_zeros(())

@@ -6,8 +6,9 @@ alone) are computed once, for every image and for its augmented copies if any; a
 costs only the two trainable branches. Map quantiles and the default threshold come from good
 images held out of the TRAINING folder (or the dataset's own validation split), never from test
 images. `train` strings together small public pieces (`training_data`, `prepare_sets`,
-`make_optimizer`, `run_epoch` / `train_step`, `EpochChoice`, `save_state` / `load_state`,
-`calibrate`) that benchmarks and notebooks reuse. The schedule is the model's config alone.
+`make_optimizer`, `run_epoch` / `train_step`, `EpochChoice`, `pruned_after`, `save_state` /
+`load_state`, `calibrate`) that benchmarks and notebooks reuse. The schedule is the model's
+config alone.
 """
 
 from __future__ import annotations
@@ -285,11 +286,13 @@ def train_step(
     features: torch.Tensor,
     normalized_images: torch.Tensor,
     self_attention: torch.Tensor | None = None,
+    local_only: bool = False,
 ) -> float:
-    """One optimiser step on one batch (bf16 autocast on CUDA); returns the batch's loss."""
+    """One optimiser step on one batch (bf16 autocast on CUDA); returns the batch's loss.
+    `local_only`: the local loss alone (the global branch pruned, see `pruned_after`)."""
     device_type = features.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        loss = model.losses(features, normalized_images, self_attention).total
+        loss = model.losses(features, normalized_images, self_attention, local_only).total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -409,14 +412,25 @@ def load_state(path: Path, key: str, model: ULSADModel, optimizer, scheduler,
 
 
 def run_epoch(model: ULSADModel, optimizer, sets: TrainingSets, epoch: int,
-              device: torch.device) -> float:  # fmt: skip
+              device: torch.device, local_only: bool = False) -> float:  # fmt: skip
     """One epoch of optimiser steps; returns the mean training loss."""
     model.train()
     batches = epoch_batches(sets.n_train, model.config, epoch)
     total = 0.0
     for index in batches:
-        total += train_step(model, optimizer, *sets.train.batch(model, index, device)) * len(index)
+        batch = sets.train.batch(model, index, device)
+        total += train_step(model, optimizer, *batch, local_only=local_only) * len(index)
     return total / sum(len(b) for b in batches)
+
+
+def pruned_after(config: ULSADConfig, history: list[dict]) -> int | None:
+    """The epoch after which the global branch stops training (`prune_global`): the first
+    validation point that gave it no weight; None while it trains. Read from the history, so a
+    resumed run prunes where the interrupted one did."""
+    if not (config.prune_global and config.global_branch):
+        return None
+    chosen = (h["epoch"] for h in history if h.get("synthetic", {}).get("local_weight") == 1.0)
+    return next(chosen, None)
 
 
 def train(
@@ -466,13 +480,16 @@ def train(
     bar = tqdm(range(start_epoch, epochs), desc="training", disable=not progress, unit="epoch",
                initial=start_epoch, total=epochs)  # fmt: skip
     for epoch in bar:
-        train_loss = run_epoch(model, optimizer, sets, epoch, device)
+        local_only = pruned_after(cfg, history) is not None
+        train_loss = run_epoch(model, optimizer, sets, epoch, device, local_only)
         scheduler.step()
-        val_loss = evaluate_loss(model, sets.heldout, cfg.batch_size)
+        val_loss = evaluate_loss(model, sets.heldout, cfg.batch_size, local_only)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
         if epoch + 1 in checked:
             table = sets.synthetic.fusion_table(model, sets.heldout, cfg.batch_size)
             history[-1]["synthetic"] = choice.consider(model, epoch + 1, table)
+            if not local_only and pruned_after(cfg, history) is not None:
+                log.info("global branch gets no weight at epoch %d: it stops training", epoch + 1)
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
         if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
             save_state(state_path, model, optimizer, scheduler, epoch + 1, history, key, choice)
@@ -488,6 +505,7 @@ def train(
             "epochs_compared": sorted(checked),
             "chosen_epoch": choice.state["epoch"],
             "local_weight": choice.state["local_weight"],
+            "global_pruned_after": pruned_after(cfg, history),
             "fusion_table": json.loads(choice.state["table"]),
         }
     round_to_storage(model)  # as the checkpoint stores it: the threshold fits what loads
@@ -515,10 +533,14 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_loss(model: ULSADModel, cache: FeatureCache, batch_size: int) -> float:
-    """Mean total loss over a cached set, in eval mode (the held-out validation loss)."""
+def evaluate_loss(
+    model: ULSADModel, cache: FeatureCache, batch_size: int, local_only: bool = False
+) -> float:
+    """Mean total loss over a cached set, in eval mode (the held-out validation loss; the local
+    loss alone once the global branch is pruned, as in training)."""
     model.eval()
     total = 0.0
     for index in torch.arange(len(cache.images)).split(batch_size):
-        total += model.losses(*cache.batch(model, index, model.device)).total.item() * len(index)
+        batch = cache.batch(model, index, model.device)
+        total += model.losses(*batch, local_only=local_only).total.item() * len(index)
     return total / len(cache.images)
