@@ -209,10 +209,14 @@ def test_pruned_global_branch_stops_changing(tiny_root, tmp_path):
     model = ULSAD.from_preset("lite", epochs=4, batch_size=4, local_weight=1.0,
                               synthetic_defects=6, validation_points=2)  # fmt: skip
     assert model.config.prune_global  # the lite default
-    snapshots = [{k: v.clone() for k, v in model.global_ae.state_dict().items()}]
+
+    def global_state():
+        return {k: v.clone() for k, v in model.global_ae.state_dict().items()}
+
+    snapshots = [global_state()]
 
     def snapshot(epoch, epochs, train_loss, val_loss):
-        snapshots.append({k: v.clone() for k, v in model.global_ae.state_dict().items()})
+        snapshots.append(global_state())
 
     model.fit(tiny_root, category="tiny", out_dir=tmp_path, progress=False, callback=snapshot)
     summary = json.loads((tmp_path / "training.json").read_text())
@@ -226,6 +230,9 @@ def test_pruned_global_branch_stops_changing(tiny_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------- logical defects
+LAYOUT_KINDS = ("mismatched", "missing")
+
+
 def _layout_image(rng: np.random.Generator, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
     """256 px: two discs of one colour (random per image), 160 px apart, on a noisy grey ground.
     Each defect leaves every patch looking like a normal patch, so only the layout is wrong:
@@ -252,10 +259,10 @@ def _layout_image(rng: np.random.Generator, defect: str | None) -> tuple[np.ndar
 def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> None:
     from PIL import Image
 
-    kinds = ("mismatched", "missing")
+    kinds = LAYOUT_KINDS
     jobs = [("train/good", None, i) for i in range(n_train)]
     jobs += [("test/good", None, i) for i in range(n_good)]
-    jobs += [(f"test/{kinds[i % 2]}", kinds[i % 2], i) for i in range(n_defect)]
+    jobs += [(f"test/{kinds[i % len(kinds)]}", kinds[i % len(kinds)], i) for i in range(n_defect)]
     for folder, defect, i in jobs:
         split = ("train/good", "test/good").index(folder) if defect is None else 2
         image, mask = _layout_image(np.random.default_rng((split, i)), defect)
@@ -291,10 +298,10 @@ def test_global_branch_finds_logical_defects_that_the_local_branch_misses(tmp_pa
         model.fit(tmp_path, category="layout", progress=False)
         scores = np.array([p.score for p in model.predict(paths)])
         aurocs[name] = {"all": image_auroc(labels, scores)}
-        for kind in ("mismatched", "missing"):
+        for kind in LAYOUT_KINDS:
             keep = (kinds == kind) | (labels == 0)
             aurocs[name][kind] = image_auroc(labels[keep], scores[keep])
     assert aurocs["full"]["all"] >= 0.85, aurocs
     assert aurocs["local"]["all"] <= 0.65, aurocs
-    for kind in ("mismatched", "missing"):  # the global branch adds each kind, not just one
+    for kind in LAYOUT_KINDS:  # the global branch adds each kind, not just one
         assert aurocs["full"][kind] >= aurocs["local"][kind] + 0.2, (kind, aurocs)
