@@ -10,7 +10,9 @@ of the local map (0, 0.25, 0.5, 0.75, 1):
 - `synthetic`: image AUROC, pixel AUROC and AUPRO on the synthetic defects pasted onto the
   held-out good images (what training itself can see, and what chooses the weight);
 - `test`: the same metrics on the category's test split at 256 x 256 (masks nearest-resized),
-  measured afterwards, for reporting only.
+  measured afterwards, for reporting only. Every test image is one square resize here, also for
+  a model that tiles elongated images (`tile`): compare such models with `ulsad eval`, which
+  scores as `predict` does.
 
 One JSON line per run is appended to `--out`. Test images are never used to train, calibrate or
 choose anything here: the weight the model keeps is the one the synthetic validation picked.

@@ -6,7 +6,8 @@
 Each `--category DATASET:ROOT:CATEGORY` (a `ulsad.data` layout name, its root, a category) is
 used by four methods, on the same images, the same ImageNet backbone weights
 (`tf_efficientnet_lite0`, feature maps blocks.2 and blocks.4, strides 8 and 16) and the same
-256x256 input size:
+256x256 input size (each method's defaults: ulsad cuts images of aspect ratio 2 or more into
+square tiles of that size, anomalib resizes every image to one square):
 
 - ulsad: `ULSAD.from_preset("lite").fit(root, category=..., dataset=..., progress=False)`, what
   `ulsad train` does without flags (its defaults; it holds out 10% of the good training images for
@@ -36,7 +37,9 @@ Measured per category and method, on the test split:
 - fit time: wall clock of training, image reading included (model construction excluded); the
   methods are fitted one after the other, so unlike latency this is not interleaved;
 - latency: median seconds of batch-1 forward passes over the test images (already read and
-  resized to 256x256; normalisation, network and post-processing to the 256x256 map timed),
+  resized to 256x256; normalisation, network and post-processing to the 256x256 map timed; an
+  elongated image is, for ulsad's default `tile`, the batch of its square tiles, so a
+  commutator image costs three forward passes' worth, while the peers squash it to one square),
   after warm-up, with the methods interleaved in rounds (`benchmarks.common.interleaved`) so
   that other load on the machine affects all of them alike;
 - memory: each fitted model is saved, then loaded in a fresh child process (this script with
@@ -98,7 +101,7 @@ from ulsad.backbones import lite_state_dict
 from ulsad.data import load_mask, load_split
 from ulsad.devices import resolve_device
 from ulsad.evaluate import evaluate
-from ulsad.images import load_image, to_tensor
+from ulsad.images import load_image, to_tiles
 from ulsad.train import split_holdout
 
 ULSAD_NAME = "ulsad lite"
@@ -371,7 +374,8 @@ def run_category(
     rows.append({"method": ULSAD_NAME, "fit_s": fit_s, "train_images": ulsad_train,
                  "config": cfg.to_dict()})  # fmt: skip
     predictors[ULSAD_NAME] = model
-    ulsad_inputs = [to_tensor(load_image(p), cfg.image_size)[None].to(model.device)
+    # An elongated image is all its tiles at once (`tile`): one image, one forward call.
+    ulsad_inputs = [to_tiles(load_image(p), cfg.image_size, cfg.tile)[0].to(model.device)
                     for p in latency_images]  # fmt: skip
 
     def ulsad_forward(x: Tensor) -> None:

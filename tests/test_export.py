@@ -76,7 +76,10 @@ def test_onnx_batch_size_is_dynamic(predictor):
 
 def test_onnx_predictor_matches_predict(model, predictor):
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((300, 420), (256, 256))]
+    images = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for h, w in ((300, 420), (256, 256), (520, 200))
+    ]
     ours, theirs = model.predict(images), predictor.predict(images)
     for a, b in zip(ours, theirs, strict=True):
         assert b.anomaly_map.shape == a.anomaly_map.shape
@@ -84,7 +87,7 @@ def test_onnx_predictor_matches_predict(model, predictor):
         for name in ("anomaly_map", "local_map", "global_map"):
             assert np.abs(getattr(a, name) - getattr(b, name)).max() <= TOLERANCE
         assert b.threshold == pytest.approx(0.25) and b.is_anomalous == a.is_anomalous
-    assert predictor.calibrated and predictor.image_size == 256
+    assert predictor.calibrated and predictor.image_size == 256 and predictor.tile
 
 
 def _small_model() -> ULSAD:

@@ -140,6 +140,13 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
             f"), {training.get('epochs')} epochs, on {training.get('device')}.",
             "",
         ]
+        tiles = training.get("n_train_tiles", training["n_train"])
+        if tiles != training["n_train"]:  # elongated images, trained on as square tiles
+            lines += [
+                f"Elongated images are scored as square tiles: the {training['n_train']} "
+                f"training images gave {tiles} tiles.",
+                "",
+            ]
     results = [
         r for m in metadata.get("model-index", []) for r in m.get("results", [])
     ]  # one entry per dataset

@@ -147,6 +147,7 @@ class OnnxPredictor:
             raise ULSADError(f"{path} was not written by `ulsad export` (no {FORMAT} metadata).")
         self.config = json.loads(metadata["config"])
         self.image_size = int(self.config["image_size"])
+        self.tile = bool(self.config.get("tile", False))  # exported before tiling existed: no
         self.threshold = float(metadata["threshold"])
         self.calibrated = metadata["calibrated"] == "True"
         self.path = path
@@ -165,7 +166,12 @@ class OnnxPredictor:
 
         threshold = None if math.isnan(self.threshold) else self.threshold
         return predict_batches(
-            self, inputs, image_size=self.image_size, threshold=threshold, batch_size=batch_size
+            self,
+            inputs,
+            image_size=self.image_size,
+            threshold=threshold,
+            batch_size=batch_size,
+            tile=self.tile,
         )
 
 

@@ -1,5 +1,5 @@
 """Reading images robustly (paths, PIL, numpy, tensors; 16-bit, greyscale, alpha, CMYK, EXIF rotation)
-and turning them into the model's input tensor. Training and inference share `to_tensor`."""
+and turning them into the model's input tensors. Training and inference share `to_tiles`."""
 
 from __future__ import annotations
 
@@ -131,6 +131,35 @@ def to_tensor(image: Image.Image, size: int) -> Tensor:
     resized = image.resize((size, size), Image.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, as PIL's crop
+
+
+def tile_boxes(width: int, height: int) -> list[Box]:
+    """Square tiles along the long side of an elongated image, so that each is resized to the
+    model's input without distortion: as few as cover it, ceil(long / short), evenly spaced
+    (overlapping where the long side is not a multiple of the short one), first and last flush
+    with the ends.
+    Below an aspect ratio of 2: one box, the whole image (a square resize; MVTec LOCO's 1.45 and
+    VisA's 1.5 stay whole, so a product's layout is seen at once)."""
+    short, long = min(width, height), max(width, height)
+    count = math.ceil(long / short)
+    if long < 2 * short:
+        return [(0, 0, width, height)]
+    starts = [round(i * (long - short) / (count - 1)) for i in range(count)]
+    if width >= height:
+        return [(start, 0, start + short, height) for start in starts]
+    return [(0, start, width, start + short) for start in starts]
+
+
+def to_tiles(image: Image.Image, size: int, tile: bool) -> tuple[Tensor, list[Box]]:
+    """The model's inputs for one image: (T, 3, size, size) in [0, 1] and each one's box in the
+    image. `tile`: square tiles of an elongated image (`tile_boxes`); else one square resize."""
+    boxes = tile_boxes(image.width, image.height) if tile else [(0, 0, image.width, image.height)]
+    if len(boxes) == 1:
+        return to_tensor(image, size)[None], boxes
+    return torch.stack([to_tensor(image.crop(box), size) for box in boxes]), boxes
 
 
 def is_image(path: Path) -> bool:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ulsad.images import load_image, to_tensor
+from ulsad.images import Box, load_image, to_tiles
 
 if TYPE_CHECKING:
     from ulsad.model import AnomalyMaps, ULSADModel
@@ -25,8 +25,8 @@ ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 @dataclass
 class Prediction:
-    """One image's result. Maps are float32 (H, W) at the image's original size (S x S, the
-    model's input size, from `iter_predictions(..., resize=False)`)."""
+    """One image's result. Maps are float32 (H, W) at the image's original size (at the model's
+    scale from `iter_predictions(..., resize=False)`); with tiling, `score` is the highest tile's."""
 
     score: float
     anomaly_map: np.ndarray
@@ -41,9 +41,23 @@ class Prediction:
         return None if self.threshold is None else self.score > self.threshold
 
 
-def _resize(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
-    resized = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
-    return resized[:, 0].float().cpu().numpy()
+def stitch(tile_maps: Tensor, boxes: Sequence[Box], image_size: tuple[int, int],
+           out_size: tuple[int, int]) -> np.ndarray:  # fmt: skip
+    """Maps of one image's tiles (T, K, S, S) -> (K, H', W') float32 at `out_size`: each tile's
+    maps resized into its box (scaled from `image_size`, (H, W)), overlaps averaged. With one
+    box over the whole image this is a plain resize."""
+    (h, w), (out_h, out_w) = image_size, out_size
+    total = tile_maps.new_zeros((tile_maps.shape[1], out_h, out_w), dtype=torch.float32)
+    count = total.new_zeros((1, out_h, out_w))
+    for maps, (left, top, right, bottom) in zip(tile_maps, boxes, strict=True):
+        y0, y1 = round(top * out_h / h), round(bottom * out_h / h)
+        x0, x1 = round(left * out_w / w), round(right * out_w / w)
+        resized = F.interpolate(
+            maps[None].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+        )
+        total[:, y0:y1, x0:x1] += resized[0]
+        count[:, y0:y1, x0:x1] += 1
+    return (total / count).cpu().numpy()
 
 
 def iter_predictions(
@@ -55,27 +69,38 @@ def iter_predictions(
     batch_size: int = 8,
     load: Callable[[Any], Image.Image | None] = load_image,
     resize: bool = True,
+    tile: bool = False,
 ) -> Iterator[tuple[Any, Image.Image, Prediction]]:
     """(input, image, prediction) for each input, one batch at a time, so that any number of inputs
     fits in memory. `load` reads an input (None skips it: the loader reports why, e.g. an
-    unreadable upload among many); `resize=False` leaves the maps at the model's S x S."""
+    unreadable upload among many); `resize=False` leaves the maps at the model's scale (S x S, or
+    S per tile side); `tile`: elongated images are scored as square tiles (`to_tiles`), their
+    maps stitched and their score the highest tile's."""
     for start in range(0, len(items), batch_size):
         loaded = [(item, load(item)) for item in items[start : start + batch_size]]
         loaded = [(item, image) for item, image in loaded if image is not None]
         if not loaded:
             continue
-        out = forward(torch.stack([to_tensor(image, image_size) for _, image in loaded]))
-        for i, (item, image) in enumerate(loaded):
-            maps = torch.stack([out.anomaly_map[i], out.local_map[i], out.global_map[i]])
+        tiled = [to_tiles(image, image_size, tile) for _, image in loaded]
+        outputs = [forward(chunk) for chunk in torch.cat([t for t, _ in tiled]).split(batch_size)]
+        scores = torch.cat([out.score for out in outputs])
+        maps = torch.cat(
+            [torch.stack([out.anomaly_map, out.local_map, out.global_map], 1) for out in outputs]
+        )
+        first = 0
+        for (item, image), (_, boxes) in zip(loaded, tiled, strict=True):
             size = (image.height, image.width)
-            combined, local_map, global_map = (
-                _resize(maps, size) if resize else maps.float().cpu().numpy()
-            )
+            box_h, box_w = boxes[0][3] - boxes[0][1], boxes[0][2] - boxes[0][0]
+            out_size = size if resize else (
+                round(size[0] * image_size / box_h), round(size[1] * image_size / box_w)
+            )  # fmt: skip
+            last = first + len(boxes)
+            combined, local_map, global_map = stitch(maps[first:last], boxes, size, out_size)
             yield (
                 item,
                 image,
                 Prediction(
-                    score=float(out.score[i]),
+                    score=float(scores[first:last].max()),
                     anomaly_map=combined,
                     local_map=local_map,
                     global_map=global_map,
@@ -83,6 +108,7 @@ def iter_predictions(
                     path=Path(item) if isinstance(item, (str, Path)) else None,
                 ),
             )
+            first = last
 
 
 def predict_batches(
@@ -92,12 +118,14 @@ def predict_batches(
     image_size: int,
     threshold: float | None,
     batch_size: int = 8,
+    tile: bool = False,
 ) -> Prediction | list[Prediction]:
     """Score inputs with any batch function (PyTorch model, ONNX Runtime session) from (B, 3, S, S)
-    images in [0, 1] to `AnomalyMaps`; all backends share loading, batching and resizing."""
+    images in [0, 1] to `AnomalyMaps`; all backends share loading, tiling, batching and resizing."""
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
-    kwargs = {"image_size": image_size, "threshold": threshold, "batch_size": batch_size}
+    kwargs = {"image_size": image_size, "threshold": threshold, "batch_size": batch_size,
+              "tile": tile}  # fmt: skip
     results = [prediction for *_, prediction in iter_predictions(forward, items, **kwargs)]
     return results[0] if single else results
 
@@ -116,7 +144,7 @@ def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction |
     try:
         return predict_batches(
             forward, inputs, image_size=model.config.image_size, threshold=threshold,
-            batch_size=batch_size,
+            batch_size=batch_size, tile=model.config.tile,
         )  # fmt: skip
     finally:
         model.train(was_training)

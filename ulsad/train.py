@@ -39,7 +39,7 @@ from ulsad.config import ULSADConfig
 from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
-from ulsad.images import find_images, load_image, to_tensor
+from ulsad.images import find_images, load_image, to_tiles
 from ulsad.model import ULSADModel, attention
 from ulsad.synthetic_defects import synthetic_defects
 from ulsad.validation import (
@@ -108,16 +108,19 @@ class FeatureCache:
         return self.features[index].to(device), model.extractor.normalize(images), target
 
 
-def load_images(items: Sequence[Any], size: int, progress: bool, desc: str) -> torch.Tensor:
-    """Decode and resize in threads (PIL releases the GIL), cached as uint8 (N, 3, S, S)."""
+def load_images(
+    items: Sequence[Any], size: int, progress: bool, desc: str, tile: bool = False
+) -> torch.Tensor:
+    """Decode and resize in threads (PIL releases the GIL), cached as uint8 (N, 3, S, S); with
+    `tile`, an elongated image gives its square tiles (`ulsad.images.to_tiles`), one after another."""
 
     def load(item: Any) -> torch.Tensor:
-        return to_tensor(load_image(item), size).mul_(255.0).round_().to(torch.uint8)
+        return to_tiles(load_image(item), size, tile)[0].mul_(255.0).round_().to(torch.uint8)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         loaded = pool.map(load, items)
         tensors = list(tqdm(loaded, total=len(items), desc=desc, disable=not progress, leave=False))
-    return torch.stack(tensors)
+    return torch.cat(tensors)
 
 
 @torch.no_grad()
@@ -318,27 +321,26 @@ class TrainingSets:
     train: FeatureCache
     heldout: FeatureCache
     synthetic: SyntheticSet | None
-    n_train: int  # real training images (the cache also holds their augmented copies)
+    n_train: int  # real training inputs (images or tiles; the cache also holds augmented copies)
 
 
 def prepare_sets(
     model: ULSADModel,
-    train_items: list[Any],
-    val_items: list[Any],
+    train_images: torch.Tensor,
+    val_images: torch.Tensor,
     device: torch.device,
     progress: bool,
     fit_statistics: bool = True,
 ) -> TrainingSets:
-    """Decode, augment, extract and cache; with `fit_statistics`, first set the model's feature
-    statistics from the real training images (a resumed run keeps its own)."""
-    cfg, size, batch_size = model.config, model.config.image_size, model.config.batch_size
-    train_images = load_images(train_items, size, progress, "loading training images")
-    val_images = load_images(val_items, size, progress, "loading held-out images")
+    """Augment, extract and cache uint8 inputs (`load_images`); with `fit_statistics`, first set
+    the model's feature statistics from the real training inputs (a resumed run keeps its own)."""
+    cfg, batch_size = model.config, model.config.batch_size
+    n_train = len(train_images)
     if cfg.augment_copies:
         train_images = torch.cat([train_images, augmented_copies(train_images, cfg, cfg.seed)])
     raw = backbone_features(model, train_images, device, batch_size, progress)
     if fit_statistics:  # statistics of the real images only (the originals come first)
-        mean, std = channel_statistics(raw[: len(train_items)])
+        mean, std = channel_statistics(raw[:n_train])
         model.feature_mean.copy_(mean)
         model.feature_std.copy_(std)
     train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
@@ -349,7 +351,7 @@ def prepare_sets(
         defect_cache = build_cache(model, defects, device, batch_size, progress)
         synthetic = SyntheticSet(defect_cache, masks, kinds)
     heldout = build_cache(model, val_images, device, batch_size, progress)
-    return TrainingSets(train_cache, heldout, synthetic, len(train_items))
+    return TrainingSets(train_cache, heldout, synthetic, n_train)
 
 
 def validation_epochs(config: ULSADConfig, epochs: int) -> set[int]:
@@ -464,7 +466,11 @@ def train(
     if out_dir is not None:  # left by a process killed while writing (SIGKILL): never complete
         remove_stale_temporaries(out_dir, [STATE_NAME, TRAINING_NAME, WEIGHTS_NAME, CONFIG_NAME])
     train_items, val_items = training_data(data, category, dataset, cfg)
-    epochs = cfg.training_epochs(len(train_items))
+    started = time.perf_counter()
+    size = cfg.image_size
+    train_images = load_images(train_items, size, progress, "loading training images", cfg.tile)
+    val_images = load_images(val_items, size, progress, "loading held-out images", cfg.tile)
+    epochs = cfg.training_epochs(len(train_images))  # steps count inputs: tiles, if tiled
     key = run_key(cfg, epochs, train_items, val_items)
     optimizer, scheduler = make_optimizer(model, epochs)
     start_epoch, history, choice = 0, [], EpochChoice()
@@ -474,8 +480,8 @@ def train(
         )
         log.info("resuming from %s at epoch %d/%d", state_path, start_epoch, epochs)
 
-    started = time.perf_counter()
-    sets = prepare_sets(model, train_items, val_items, device, progress, start_epoch == 0)
+    sets = prepare_sets(model, train_images, val_images, device, progress, start_epoch == 0)
+    del train_images, val_images
     checked = validation_epochs(cfg, epochs) if sets.synthetic is not None else set()
     bar = tqdm(range(start_epoch, epochs), desc="training", disable=not progress, unit="epoch",
                initial=start_epoch, total=epochs)  # fmt: skip
@@ -516,8 +522,9 @@ def train(
         save_pretrained(model, Path(out_dir))
         summary = {
             "epochs": epochs,
-            "n_train": sets.n_train,
+            "n_train": len(train_items),
             "n_heldout": len(val_items),
+            "n_train_tiles": sets.n_train,  # inputs trained on: n_train unless tiled
             "heldout_scores": scores,
             "threshold": float(model.threshold),
             "threshold_f1": float(model.threshold_f1),

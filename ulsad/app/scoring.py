@@ -123,6 +123,7 @@ def score_batch(
         batch_size=batch_size,
         load=load,
         resize=False,  # the maps of the worst few are drawn small, below
+        tile=model.config.tile,
     )
     for (_, name), image, pred in scored:
         rows.append({"image": name, "score": pred.score, "anomalous": pred.is_anomalous})
