@@ -139,6 +139,31 @@ def test_maps_match_formulas(lite):
     assert torch.allclose(out.score, combined.amax(dim=(1, 2)), atol=1e-4)
 
 
+def test_local_only_fusion_skips_the_global_branch(lite):
+    """With local_weight 1.0 the global map adds nothing, so inference never runs its branch;
+    the local map and the scores stay what the fused model computes."""
+    images = torch.rand(2, 3, 256, 256)
+    calls = []
+    handle = lite.global_ae.register_forward_hook(lambda *_: calls.append(1))
+    config = lite.config
+    try:
+        with torch.no_grad():
+            fused = lite(images)
+        assert calls and lite.uses_global_map
+        calls.clear()
+        lite.config = config.replace(local_weight=1.0)
+        with torch.no_grad():
+            local_only = lite(images)
+        assert not calls and not lite.uses_global_map
+    finally:
+        handle.remove()
+        lite.config = config
+    assert torch.allclose(local_only.local_map, fused.local_map, atol=1e-6)
+    assert torch.allclose(local_only.anomaly_map, fused.local_map, atol=1e-6)
+    assert torch.allclose(local_only.score, fused.local_map.amax(dim=(1, 2)), atol=1e-6)
+    assert not local_only.global_map.any() and fused.global_map.any()
+
+
 def test_ablation_switches():
     dfr = ULSAD.from_preset(
         "lite", global_branch=False, attention_loss=False, cosine_loss=False

@@ -26,7 +26,8 @@ ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 @dataclass
 class Prediction:
     """One image's result. Maps are float32 (H, W) at the image's original size (at the model's
-    scale from `iter_predictions(..., resize=False)`); with tiling, `score` is the highest tile's."""
+    scale from `iter_predictions(..., resize=False)`); with tiling, `score` is the highest tile's.
+    `global_map` is zeros when the model's combined map gives it no weight (then never computed)."""
 
     score: float
     anomaly_map: np.ndarray

@@ -212,6 +212,12 @@ class ULSADModel(nn.Module):
         w = self.config.local_weight
         return 0.5 if w is None else w
 
+    @property
+    def uses_global_map(self) -> bool:
+        """Whether the combined map needs the global branch: not without one, nor once the chosen
+        fusion gives it no weight (`local_weight` 1.0), when inference skips it."""
+        return self.global_ae is not None and self.fusion_weight < 1.0
+
     # ----------------------------------------------------------------------------- network
     def features(self, normalized_images: Tensor) -> Tensor:
         """Standardised backbone features (B, C, S/8, S/8)."""
@@ -256,10 +262,16 @@ class ULSADModel(nn.Module):
                 ).mean()
         return Losses(local + attention_loss + global_local, local, attention_loss, global_local)
 
-    def raw_maps(self, features: Tensor, normalized_images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Local and global distance maps at feature resolution (B, h, w), before post-processing."""
+    def raw_maps(
+        self, features: Tensor, normalized_images: Tensor, with_global: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Local and global distance maps at feature resolution (B, h, w), before post-processing;
+        the global one is None without a global branch or with `with_global=False`."""
         cfg, c = self.config, self.config.channels
-        reconstruction, global_features = self.branches(features, normalized_images)
+        if with_global:
+            reconstruction, global_features = self.branches(features, normalized_images)
+        else:
+            reconstruction, global_features = self.featae(features), None
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
         local_map = feature_distance(features, reconstruction[:, :c], lambda_local)
         if global_features is None:
@@ -277,16 +289,19 @@ class ULSADModel(nn.Module):
         return gaussian_blur(upsampled.squeeze(1), self.blur_kernel)
 
     def unnormalized_maps(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Blurred local and global maps at input size, before quantile normalisation."""
+        """Blurred local and global maps at input size, before quantile normalisation (no global
+        map when the combined map does not use it: see `uses_global_map`)."""
         normalized = self.extractor.normalize(images)
         if normalized.device.type == "cpu":  # channels-last convolutions: ~20% faster on CPU
             normalized = normalized.contiguous(memory_format=torch.channels_last)
-        local_map, global_map = self.raw_maps(self.features(normalized), normalized)
+        features = self.features(normalized)
+        local_map, global_map = self.raw_maps(features, normalized, self.uses_global_map)
         local_map = self.postprocess(local_map)
         return local_map, None if global_map is None else self.postprocess(global_map)
 
     def forward(self, images: Tensor) -> AnomalyMaps:
-        """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S)."""
+        """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S);
+        the global map is zeros when the combined map does not use it."""
         return self.combine(*self.unnormalized_maps(images))
 
     def combine(self, local_map: Tensor, global_map: Tensor | None) -> AnomalyMaps:

@@ -31,14 +31,17 @@ def blend(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float)
     return Image.blend(image.convert("RGB"), heat, 0.5)
 
 
-def verdict(pred: Prediction, threshold: float | None) -> str:
-    """One line: good or anomalous against `threshold`, and which branch carries the evidence."""
+def verdict(pred: Prediction, threshold: float | None, uses_global: bool = True) -> str:
+    """One line: good or anomalous against `threshold`, and which branch carries the evidence
+    (`uses_global=False`: the model scores with its local map alone)."""
     peaks = {
         "local (structural)": float(pred.local_map.max()),
         "global (logical)": float(pred.global_map.max()),
     }
     (top, top_peak), (other, other_peak) = sorted(peaks.items(), key=lambda kv: -kv[1])
     branch = f"strongest evidence: {top} map, peak {top_peak:.3f} vs {other} {other_peak:.3f}"
+    if not uses_global:
+        branch = "this model scores with its local (structural) map alone; no global map"
     if threshold is None:
         return f"Score {pred.score:.4f}; no threshold (uncalibrated checkpoint): set one. {branch}."
     if pred.score > threshold:
@@ -67,7 +70,7 @@ def inspect_image(model: ULSAD, image: Image.Image, threshold: float | None) -> 
         overlay=overlay(image, pred.anomaly_map, threshold),
         local_map=blend(image, pred.local_map, vmin, vmax),
         global_map=blend(image, pred.global_map, vmin, vmax),
-        verdict=verdict(pred, threshold),
+        verdict=verdict(pred, threshold, model.uses_global_map),
         figure=heatmap_figure(pred.anomaly_map, threshold),
     )
 
