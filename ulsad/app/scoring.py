@@ -34,13 +34,14 @@ def blend(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float)
 def verdict(pred: Prediction, threshold: float | None, uses_global: bool = True) -> str:
     """One line: good or anomalous against `threshold`, and which branch carries the evidence
     (`uses_global=False`: the model scores with its local map alone)."""
-    peaks = {
-        "local (structural)": float(pred.local_map.max()),
-        "global (logical)": float(pred.global_map.max()),
-    }
-    (top, top_peak), (other, other_peak) = sorted(peaks.items(), key=lambda kv: -kv[1])
-    branch = f"strongest evidence: {top} map, peak {top_peak:.3f} vs {other} {other_peak:.3f}"
-    if not uses_global:
+    if uses_global:
+        peaks = {
+            "local (structural)": float(pred.local_map.max()),
+            "global (logical)": float(pred.global_map.max()),
+        }
+        (top, top_peak), (other, other_peak) = sorted(peaks.items(), key=lambda kv: -kv[1])
+        branch = f"strongest evidence: {top} map, peak {top_peak:.3f} vs {other} {other_peak:.3f}"
+    else:
         branch = "this model scores with its local (structural) map alone; no global map"
     if threshold is None:
         return f"Score {pred.score:.4f}; no threshold (uncalibrated checkpoint): set one. {branch}."
