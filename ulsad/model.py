@@ -66,9 +66,23 @@ class FeatAE(nn.Module):
                 nn.ConvTranspose2d(quarter, out_channels, 5, padding=2), out_channels, output_relu
             ),
         )
+        self.output_relu = output_relu
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.decoder(self.encoder(features))
+    def forward(self, features: Tensor, out_channels: int | None = None) -> Tensor:
+        """Reconstruction (B, out, h, w); `out_channels`: only the first so many output channels
+        (the local half alone), computed with the same weights at a fraction of the last layer's
+        cost, which is half of the whole branch's."""
+        if out_channels is None:
+            return self.decoder(self.encoder(features))
+        last = len(self.decoder) - (3 if self.output_relu else 2)  # the last conv, BN (, ReLU)
+        hidden = self.decoder[:last](self.encoder(features))
+        conv, norm, n = self.decoder[last], self.decoder[last + 1], slice(0, out_channels)
+        out = F.conv_transpose2d(hidden, conv.weight[:, n], conv.bias[n], padding=conv.padding)
+        out = F.batch_norm(
+            out, norm.running_mean[n], norm.running_var[n], norm.weight[n], norm.bias[n],
+            norm.training, norm.momentum, norm.eps,
+        )  # fmt: skip
+        return F.relu(out) if self.output_relu else out
 
 
 class GlobalAE(nn.Module):
@@ -225,11 +239,17 @@ class ULSADModel(nn.Module):
             raw = self.extractor(normalized_images)
         return (raw - self.feature_mean) / self.feature_std
 
-    def branches(self, features: Tensor, normalized_images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """FeatAE output (B, 2C or C, h, w) and global AE output (B, C, h, w) or None."""
-        reconstruction = self.featae(features)
-        global_features = self.global_ae(normalized_images) if self.global_ae is not None else None
-        return reconstruction, global_features
+    def branches(
+        self, features: Tensor, normalized_images: Tensor, with_global: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """FeatAE output (B, 2C, h, w) and global AE output (B, C, h, w); without a global branch
+        or with `with_global=False`, the FeatAE's first C channels and None (the global AE and
+        the FeatAE's global half are then not run)."""
+        if self.global_ae is None:
+            return self.featae(features), None
+        if not with_global:  # the local half alone
+            return self.featae(features, self.config.channels), None
+        return self.featae(features), self.global_ae(normalized_images)
 
     def losses(
         self,
@@ -241,10 +261,7 @@ class ULSADModel(nn.Module):
         """The three training losses; `self_attention` may be precomputed (it depends on features
         only). `local_only`: the local loss alone, without running the global branch."""
         cfg, c = self.config, self.config.channels
-        if local_only:
-            reconstruction, global_features = self.featae(features), None
-        else:
-            reconstruction, global_features = self.branches(features, normalized_images)
+        reconstruction, global_features = self.branches(features, normalized_images, not local_only)
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
         local = feature_distance(features, reconstruction[:, :c], lambda_local).mean()
         zero = local.new_zeros(())
@@ -268,10 +285,7 @@ class ULSADModel(nn.Module):
         """Local and global distance maps at feature resolution (B, h, w), before post-processing;
         the global one is None without a global branch or with `with_global=False`."""
         cfg, c = self.config, self.config.channels
-        if with_global:
-            reconstruction, global_features = self.branches(features, normalized_images)
-        else:
-            reconstruction, global_features = self.featae(features), None
+        reconstruction, global_features = self.branches(features, normalized_images, with_global)
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
         local_map = feature_distance(features, reconstruction[:, :c], lambda_local)
         if global_features is None:
