@@ -1,6 +1,7 @@
-"""Our inference path (channels-last on CPU, fused BatchNorm in ONNX Runtime) gives the maps of a
-plain eager reimplementation of the reference forward pass (`tests/reference.py`), on the
-same weights, within 1e-4; so the speed-ups measured in `benchmarks/` change no output."""
+"""Our inference path (channels-last on CPU, the backbone's BatchNorms folded, fused BatchNorm in
+ONNX Runtime) gives the maps of a plain eager reimplementation of the reference forward pass
+(`tests/reference.py`), on the same weights, within 1e-4; so the speed-ups measured in
+`benchmarks/` change no output."""
 
 from __future__ import annotations
 
@@ -46,11 +47,12 @@ def test_forward_equals_reference_implementation(preset, overrides, pretrained):
 def test_reference_disagrees_when_weights_differ():
     """The check above can fail: one changed layer moves the maps far beyond the tolerance."""
     model = ULSAD.from_preset("lite", channels=32, featae_width=64, global_width=16)
-    model = set_statistics(model, _images(4, 256, seed=0))
+    size = model.config.image_size
+    model = set_statistics(model, _images(4, size, seed=0))
     reference = reference_from_ulsad(model)
     with torch.no_grad():
         reference.featae.conv3.weight.mul_(1.1)
-    images = _images(1, 256, seed=1)
+    images = _images(1, size, seed=1)
     with torch.inference_mode():
         difference = (model(images).local_map - reference(images)[2]).abs().max()
     assert float(difference) > 100 * TOLERANCE

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from ulsad import ULSAD, ULSADError, preset_config
-from ulsad.backbones import channel_pool_matrix, create_backbone
+from ulsad.backbones import FeatureExtractor, channel_pool_matrix, create_backbone, fold_batchnorm
+
+LITE_SIZE = preset_config("lite").image_size
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,64 @@ def test_lite_backbone_loads_offline_imagenet_weights_and_is_truncated():
             assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18"])
+def test_folded_backbone_computes_the_same_features(name):
+    """Inference runs the backbone with each BatchNorm folded into its convolution: the same
+    maps (float rounding), every norm folded, and the checkpoint's state dict unchanged."""
+    layers = (2, 4) if name.startswith("tf_") else (2, 3)
+    extractor = FeatureExtractor(name, layers, 32, pretrained=name.startswith("tf_")).eval()
+    keys = set(extractor.state_dict())
+    with torch.no_grad():
+        x = extractor.normalize(torch.rand(2, 3, 128, 128))
+        expected = [m.clone() for m in extractor.body(x)]
+        features = extractor(x)
+    folded = extractor.inference["body"]
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert folded is not extractor.body and not norms
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.body.modules())
+    for a, b in zip(folded(x), expected, strict=True):
+        assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
+    assert features.shape == (2, 32, 16, 16) and set(extractor.state_dict()) == keys
+    # Loading other weights refolds; moving the model moves both copies.
+    state = {k: v * 0.5 if k.endswith("weight") else v for k, v in extractor.state_dict().items()}
+    extractor.load_state_dict(state)
+    with torch.no_grad():
+        changed = extractor(x)
+        unfolded = [m.clone() for m in extractor.body(x)]
+    assert not torch.allclose(changed, features)
+    for a, b in zip(extractor.inference["body"](x), unfolded, strict=True):
+        assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
+    extractor.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in extractor.inference["body"].parameters())
+    with torch.no_grad():
+        assert extractor(x.double()).dtype == torch.float64
+
+
+def test_folding_that_changes_the_features_falls_back_to_the_body(caplog):
+    """A norm registered after a convolution but applied elsewhere must not be folded in: the
+    check against the body catches it, and the body runs as it is."""
+
+    class Twisted(torch.nn.Module):  # registered conv, norm; applied norm first
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(3)
+            self.norm.running_mean.fill_(0.7)
+
+        def forward(self, x):
+            return [self.conv(self.norm(x)), self.conv(self.norm(x))]
+
+    body = Twisted().eval()
+    with torch.no_grad():
+        x = torch.rand(1, 3, 8, 8)
+        assert not torch.allclose(fold_batchnorm(body)(x)[0], body(x)[0], atol=1e-3)
+        extractor = FeatureExtractor("tf_efficientnet_lite0", (2, 4), 32, pretrained=False)
+        extractor.body = body
+        extractor.refold()
+        assert extractor.folded_body() is body and not extractor.inference
+    assert "not folded" in caplog.text
+
+
 def distance(a, b, weight):
     """d(a, b) written out: mean over channels of squared error + weight * (1 - cosine)."""
     mse = ((a - b) ** 2).sum(1) / a.shape[1]
@@ -97,7 +157,7 @@ def attention_explicit(q, f):
 
 def test_losses_match_formulas(lite):
     torch.manual_seed(1)
-    images = torch.rand(2, 3, 256, 256)
+    images = torch.rand(2, 3, LITE_SIZE, LITE_SIZE)
     normalized = lite.extractor.normalize(images)
     features = lite.features(normalized)
     with torch.no_grad():
@@ -117,7 +177,7 @@ def test_losses_match_formulas(lite):
 
 def test_maps_match_formulas(lite):
     torch.manual_seed(2)
-    images = torch.rand(2, 3, 256, 256)
+    images = torch.rand(2, 3, LITE_SIZE, LITE_SIZE)
     with torch.no_grad():
         out = lite(images)
         normalized = lite.extractor.normalize(images)
@@ -126,7 +186,9 @@ def test_maps_match_formulas(lite):
     c, q = lite.config.channels, lite.map_quantiles
 
     def post(raw, q_low, q_high):
-        up = F.interpolate(raw[:, None], size=(256, 256), mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            raw[:, None], size=(LITE_SIZE, LITE_SIZE), mode="bilinear", align_corners=False
+        )
         up = 0.1 * (up - q_low) / (q_high - q_low)  # normalise, then blur (sigma 4, 33 px)
         return gaussian_blur(up, kernel_size=[33, 33], sigma=[4.0, 4.0])[:, 0]
 
@@ -142,7 +204,7 @@ def test_maps_match_formulas(lite):
 def test_local_only_fusion_skips_the_global_branch(lite):
     """With local_weight 1.0 the global map adds nothing, so inference never runs its branch;
     the local map and the scores stay what the fused model computes."""
-    images = torch.rand(2, 3, 256, 256)
+    images = torch.rand(2, 3, LITE_SIZE, LITE_SIZE)
     calls = []
     handle = lite.global_ae.register_forward_hook(lambda *_: calls.append(1))
     config = lite.config
@@ -164,12 +226,39 @@ def test_local_only_fusion_skips_the_global_branch(lite):
     assert not local_only.global_map.any() and fused.global_map.any()
 
 
+@pytest.mark.parametrize("output_relu", [False, True])
+def test_featae_local_half_is_the_full_outputs_first_channels(output_relu):
+    """`FeatAE(features, C)` computes only the local half: the same values, gradients and
+    BatchNorm statistics as the first C channels of the full output, in training and eval."""
+    from ulsad.model import FeatAE
+
+    torch.manual_seed(0)
+    full = FeatAE(8, 32, 16, output_relu).train()
+    half = FeatAE(8, 32, 16, output_relu).train()
+    half.load_state_dict(full.state_dict())
+    features = torch.randn(3, 8, 16, 16)
+    expected, got = full(features)[:, :8], half(features, 8)
+    assert got.shape == (3, 8, 16, 16)
+    assert torch.allclose(got, expected, atol=1e-6)
+    expected.pow(2).mean().backward()
+    got.pow(2).mean().backward()
+    for (name, a), b in zip(full.named_parameters(), half.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    norm_full, norm_half = full.decoder[7], half.decoder[7]
+    assert torch.allclose(norm_half.running_mean[:8], norm_full.running_mean[:8])
+    assert torch.equal(norm_half.running_mean[8:], torch.zeros(8))  # the global half: untouched
+    assert not torch.equal(norm_full.running_mean[8:], torch.zeros(8))
+    full.eval(), half.eval()
+    with torch.no_grad():
+        assert torch.allclose(half(features, 8), full(features)[:, :8], atol=1e-6)
+
+
 def test_ablation_switches():
     dfr = ULSAD.from_preset(
         "lite", global_branch=False, attention_loss=False, cosine_loss=False
     ).eval()
     assert dfr.global_ae is None
-    images = torch.rand(1, 3, 256, 256)
+    images = torch.rand(1, 3, LITE_SIZE, LITE_SIZE)
     normalized = dfr.extractor.normalize(images)
     features = dfr.features(normalized)
     with torch.no_grad():
