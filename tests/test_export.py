@@ -13,18 +13,19 @@ from PIL import Image
 from reference import set_statistics
 from torch import nn
 
-from ulsad import ULSAD, ULSADError
+from ulsad import ULSAD, ULSADError, preset_config
 from ulsad.cli import main
 from ulsad.data import load_split
 from ulsad.export import OnnxPredictor, export_onnx, max_abs_difference, transposed_as_conv
 
 pytest.importorskip("onnxruntime")
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over score and maps
+SIZE = preset_config("lite").image_size
 
 
 @pytest.fixture(scope="module")
 def model() -> ULSAD:
-    images = torch.rand(4, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     return set_statistics(ULSAD.from_preset("lite").eval(), images)
 
 
@@ -56,10 +57,10 @@ def test_transposed_convolutions_become_equal_convolutions():
 
 def test_onnx_matches_pytorch_on_random_images(model, predictor):
     assert model.calibrated  # normalisation by the map quantiles is part of the graph
-    images = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     assert max_abs_difference(model, predictor, images) <= TOLERANCE
     out = predictor(images)
-    assert out.score.shape == (3,) and out.anomaly_map.shape == (3, 256, 256)
+    assert out.score.shape == (3,) and out.anomaly_map.shape == (3, SIZE, SIZE)
     # Maps are on the calibrated scale (about 0.1 at the calibration images' 99.5% quantile), far
     # from zero, so the tolerance above is a real test.
     assert float(out.anomaly_map.max()) > 0.1
@@ -67,8 +68,23 @@ def test_onnx_matches_pytorch_on_random_images(model, predictor):
     assert not torch.equal(out.local_map, out.global_map)
 
 
+def test_onnx_of_a_local_only_model_matches_pytorch(model, tmp_path):
+    """A model whose chosen fusion gives the global map no weight (the embedded checkpoints)
+    exports its local-only path: the global branch skipped, the FeatAE's local half alone."""
+    import copy
+
+    local_only = copy.deepcopy(model)
+    local_only.config = local_only.config.replace(local_weight=1.0)
+    assert not local_only.uses_global_map
+    predictor = OnnxPredictor(export_onnx(local_only, tmp_path / "local.onnx"), threads=1)
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    assert max_abs_difference(local_only, predictor, images) <= TOLERANCE
+    out = predictor(images)
+    assert not out.global_map.any() and float(out.local_map.max()) > 0.1
+
+
 def test_onnx_batch_size_is_dynamic(predictor):
-    images = torch.rand(5, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    images = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     together = predictor(images).anomaly_map
     alone = torch.cat([predictor(images[i : i + 1]).anomaly_map for i in range(5)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
@@ -87,7 +103,7 @@ def test_onnx_predictor_matches_predict(model, predictor):
         for name in ("anomaly_map", "local_map", "global_map"):
             assert np.abs(getattr(a, name) - getattr(b, name)).max() <= TOLERANCE
         assert b.threshold == pytest.approx(0.25) and b.is_anomalous == a.is_anomalous
-    assert predictor.calibrated and predictor.image_size == 256 and predictor.tile
+    assert predictor.calibrated and predictor.image_size == SIZE and predictor.tile
 
 
 def _small_model() -> ULSAD:

@@ -77,7 +77,10 @@ class FeatAE(nn.Module):
         last = len(self.decoder) - (3 if self.output_relu else 2)  # the last conv, BN (, ReLU)
         hidden = self.decoder[:last](self.encoder(features))
         conv, norm, n = self.decoder[last], self.decoder[last + 1], slice(0, out_channels)
-        out = F.conv_transpose2d(hidden, conv.weight[:, n], conv.bias[n], padding=conv.padding)
+        if isinstance(conv, nn.ConvTranspose2d):
+            out = F.conv_transpose2d(hidden, conv.weight[:, n], conv.bias[n], padding=conv.padding)
+        else:  # the equal Conv2d that ONNX export puts in its place (`export.transposed_as_conv`)
+            out = F.conv2d(hidden, conv.weight[n], conv.bias[n], padding=conv.padding)
         out = F.batch_norm(
             out, norm.running_mean[n], norm.running_var[n], norm.weight[n], norm.bias[n],
             norm.training, norm.momentum, norm.eps,
