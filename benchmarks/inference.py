@@ -2,7 +2,7 @@
 
     python -m benchmarks.inference --out benchmarks/results/inference_cpu.json
 
-Per 256x256 image, on CPU (and CUDA when present): latency at batch 1 (median after warm-up),
+Per image at each preset's input size (`paper` 256x256, `lite` 320x320), on CPU (and CUDA when present): latency at batch 1 (median after warm-up),
 throughput at batch 16, peak memory, parameters, FLOPs (torch's FLOP counter) and checkpoint size,
 for our PyTorch path, our ONNX Runtime path and (with --compile) torch.compile. In the same run and
 on the same inputs it times `tests/reference.py`, a straightforward eager fp32
@@ -45,7 +45,7 @@ from benchmarks.common import (
     write_json,
 )
 from tests.reference import ReferenceULSAD, reference_from_ulsad, set_statistics
-from ulsad import ULSAD, ULSADConfig
+from ulsad import ULSAD, ULSADConfig, preset_config
 from ulsad.checkpoint import save_pretrained
 
 REFERENCE = "reference paper (eager fp32)"
@@ -119,17 +119,21 @@ def cuda_memory(fn: Any, images: dict[int, torch.Tensor], device: torch.device) 
 def run_device(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
     rate = matmul_gflops(device)
     print(f"[{device}] fp32 matmul: {rate:.0f} GFLOP/s")
-    size = 256
-    x1 = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-    xb = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(2))
-    xb = xb.to(device)
-    # Statistics come from these images, and maps are compared on them: there they have a trained
-    # model's scale (~0.1 at the 99.5% quantile). Far from them an untrained model's maps reach
-    # tens, where fp32 rounding alone (the reference's own error against fp64) nears 1e-4.
-    calibration = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def inputs(size: int) -> dict[str, torch.Tensor]:
+        """Batch 1, batch `--batch` and calibration images at a preset's own input size. Statistics
+        come from the calibration images, and maps are compared on them: there they have a trained
+        model's scale (~0.1 at the 99.5% quantile). Far from them an untrained model's maps reach
+        tens, where fp32 rounding alone (the reference's own error against fp64) nears 1e-4."""
+        shapes = {"x1": (1, 3, size, size), "xb": (args.batch, 3, size, size),
+                  "calibration": (2, 3, size, size)}  # fmt: skip
+        return {name: torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+                for seed, (name, shape) in zip((1, 2, 0), shapes.items(), strict=True)}  # fmt: skip
+
+    presets = sorted({"paper", *args.presets})
+    sized = {p: inputs(preset_config(p).image_size) for p in presets}
     candidates: dict[str, dict[str, Any]] = {}
-    models = {p: benchmark_model(p, calibration, device) for p in sorted({"paper", *args.presets})}
-    calibration = calibration.to(device)
+    models = {p: benchmark_model(p, sized[p]["calibration"].cpu(), device) for p in presets}
     reference = reference_from_ulsad(models["paper"])
     candidates[REFERENCE] = {"preset": "paper", "backend": "reference", "fn": reference,
                              "model": models["paper"]}  # fmt: skip
@@ -151,7 +155,7 @@ def run_device(args: argparse.Namespace, device: torch.device, workdir: Path) ->
             torch._logging.set_logs(dynamo=logging.ERROR)  # the graph break at `calibrated`
             compiled = torch.compile(model, dynamic=False, options={"freezing": True})
             with torch.no_grad():
-                compiled(x1), compiled(xb)
+                compiled(sized[preset]["x1"]), compiled(sized[preset]["xb"])
             candidates[f"{preset} (compiled)"] = {"preset": preset, "backend": "compiled",
                                                   "fn": compiled, "model": model}  # fmt: skip
 
@@ -160,7 +164,7 @@ def run_device(args: argparse.Namespace, device: torch.device, workdir: Path) ->
     for name, c in candidates.items():
         ref = reference if c["preset"] == "paper" else reference_from_ulsad(c["model"])
         with torch.no_grad():
-            checks[name] = max_difference(c["fn"], ref, calibration)
+            checks[name] = max_difference(c["fn"], ref, sized[c["preset"]]["calibration"])
     print(f"[{device}] max |maps - reference maps|: " + ", ".join(f"{k} {v:.1e}" for k, v in
                                                                      checks.items()))  # fmt: skip
 
@@ -174,16 +178,16 @@ def run_device(args: argparse.Namespace, device: torch.device, workdir: Path) ->
         return call
 
     print(f"[{device}] latency at batch 1: {args.repeats} rounds")
-    latency = interleaved({n: runner(c["fn"], x1) for n, c in candidates.items()}, device,
-                          args.repeats, args.warmup)  # fmt: skip
+    latency = interleaved({n: runner(c["fn"], sized[c["preset"]]["x1"])
+                           for n, c in candidates.items()}, device, args.repeats, args.warmup)  # fmt: skip
     print(f"[{device}] throughput at batch {args.batch}: {args.batch_repeats} rounds")
-    throughput = interleaved({n: runner(c["fn"], xb) for n, c in candidates.items()}, device,
-                             args.batch_repeats, 1)  # fmt: skip
+    throughput = interleaved({n: runner(c["fn"], sized[c["preset"]]["xb"])
+                              for n, c in candidates.items()}, device, args.batch_repeats, 1)  # fmt: skip
 
     rows = []
     base_latency, base_batch = median(latency[REFERENCE]), median(throughput[REFERENCE])
     for name, c in candidates.items():
-        model = c["model"]
+        model, x1, xb = c["model"], sized[c["preset"]]["x1"], sized[c["preset"]]["xb"]
         flops = gflops_per_image(c["fn"] if c["backend"] == "reference" else model, x1)
         row = {
             "name": name, "preset": c["preset"], "backend": c["backend"], "device": str(device),

@@ -3,7 +3,7 @@
     python -m benchmarks.presets --out benchmarks/reports/presets_cpu.json
 
 For each candidate (the `lite` preset with config overrides) it measures, in one interleaved run:
-inference GFLOP per 256x256 image, PyTorch batch-1 latency, the cached training step (the loop of
+inference GFLOP per image (at the candidate's input size), PyTorch batch-1 latency, the cached training step (the loop of
 `ulsad.train`, batches of 8) extrapolated to an epoch of 200 images, parameters and checkpoint
 size. `--train ROOT CATEGORY DATASET` also trains each candidate on that category (`--epochs`,
 default the preset's) and adds its test metrics (image AUROC; pixel AUROC and AUPRO with masks).
@@ -89,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    x1 = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    train_images = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8,
-                                 generator=torch.Generator().manual_seed(2))  # fmt: skip
     rows, infer, train = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in args.candidates.items():
             model = ULSAD.from_preset("lite", **overrides).eval()
+            size = model.config.image_size  # each candidate at its own input size
+            x1 = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+            train_images = torch.randint(0, 256, (args.batch_size, 3, size, size),
+                                         dtype=torch.uint8, generator=torch.Generator().manual_seed(2))  # fmt: skip
             with FlopCounterMode(display=False) as counter, torch.inference_mode():
                 model(x1)
             folder = model.save_pretrained(Path(tmp) / str(len(rows)))
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                          "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                          "checkpoint_mb": (folder / "model.safetensors").stat().st_size / 2**20})  # fmt: skip
 
-            def infer_once(model: ULSAD = model) -> None:
+            def infer_once(model: ULSAD = model, x1: torch.Tensor = x1) -> None:
                 with torch.inference_mode():
                     model.eval()(x1)
 

@@ -58,12 +58,14 @@ def reference_optimizer(
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def run_preset(
-    preset: str, images: torch.Tensor, device: torch.device, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Rows for our loop with and without cache (and the reference, for the paper preset)."""
+def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows for our loop with and without cache (and the reference, for the paper preset), on
+    `args.images` random images at the preset's input size."""
     torch.manual_seed(0)
     model = ULSAD.from_preset(preset, pretrained_backbone=preset == "lite").to(device)
+    size = model.config.image_size
+    images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     cfg, batch_size = model.config, args.batch_size
     n_batches = math.ceil(args.images / batch_size)
     full = args.full or (preset == "lite" and args.batches is None)
@@ -143,15 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    size = 256
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 3, size, size), generator=generator,
-                           dtype=torch.uint8)  # fmt: skip
     report: dict[str, Any] = {"benchmark": "train", "machine": machine(device),
                               "settings": vars(args)}  # fmt: skip
     rows = []
     for preset in args.presets:
-        rows += run_preset(preset, images, device, args)
+        rows += run_preset(preset, device, args)
     reference = next((r for r in rows if r["name"] == REFERENCE), None)
     for row in rows:
         row["epoch_over_reference"] = reference and row["epoch_s"] / reference["epoch_s"]

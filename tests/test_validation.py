@@ -190,7 +190,8 @@ def test_pruning_starts_at_the_first_validation_point_that_drops_the_global_bran
 
 def test_local_only_loss_leaves_the_global_branch_untouched():
     model = ULSAD.from_preset("lite", pretrained_backbone=False).train()
-    images = torch.rand(2, 3, 256, 256)
+    size = model.config.image_size
+    images = torch.rand(2, 3, size, size)
     normalized = model.extractor.normalize(images)
     features = model.features(normalized)
     full = model.losses(features, normalized)
