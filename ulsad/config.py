@@ -322,10 +322,12 @@ PRESETS: dict[str, ULSADConfig] = {
     #   AUROC 0.926, AUPRO 0.697 against 0.682 / 0.825 / 0.486 squashed (means; test split,
     #   reported only: a rule of geometry, no choice fitted to it). Square images: unchanged;
     # - 320 px inputs (a 40x40 feature grid instead of 32x32): the synthetic-defect score rose
-    #   in every run compared, 3 categories x 2-3 seeds (+0.008 to +0.049; README "Presets").
-    #   It costs 1.5-1.9x the training time; inference costs what 256 px did before the
-    #   shortcuts that pay for it (`uses_global_map`, the FeatAE's local half, the folded
-    #   backbone: `python -m benchmarks.shortcuts --image-size 320`).
+    #   in all 9 pairs compared, 3 categories x 3 seeds (+0.007 to +0.047; README "Presets").
+    #   Training takes 1.4x (metal_plate) to 1.9x (commutator) as long; per image, inference
+    #   takes 0.88x (batch 1) and 1.13x (batch 8) of the 256 px model before the shortcuts that
+    #   pay for it (`uses_global_map`, the FeatAE's local half, the folded backbone:
+    #   `python -m benchmarks.shortcuts --image-size 256`). 300 steps instead of 400 saved a
+    #   quarter of the training but scored lower on commutator in all 3 seeds.
     "lite": ULSADConfig(
         backbone="tf_efficientnet_lite0",
         image_size=320,
