@@ -2,14 +2,15 @@
 
     python -m benchmarks.inference --out benchmarks/results/inference_cpu.json
 
-Per image at each preset's input size (`paper` 256x256, `lite` 320x320), on CPU (and CUDA when present): latency at batch 1 (median after warm-up),
-throughput at batch 16, peak memory, parameters, FLOPs (torch's FLOP counter) and checkpoint size,
-for our PyTorch path, our ONNX Runtime path and (with --compile) torch.compile. In the same run and
-on the same inputs it times `tests/reference.py`, a straightforward eager fp32
-reimplementation of the reference forward pass (paper configuration), checks that its maps equal
-ours on the same weights, and reports each time over the baseline's. Timings are interleaved
-(baseline, ours, baseline, ...) so that other load on the machine hits all of them alike; the
-fp32 matmul rate measured in the same run gives each model's compute floor (FLOPs / rate).
+Per image at each preset's input size (`paper` 256x256, `lite` 320x320), on CPU (and CUDA when
+present): latency at batch 1 (median after warm-up), throughput at batch 16, peak memory,
+parameters, FLOPs (torch's FLOP counter) and checkpoint size, for our PyTorch path, our ONNX Runtime
+path and (with --compile) torch.compile. In the same run and on the same inputs it times
+`tests/reference.py`, a straightforward eager fp32 reimplementation of the reference forward pass
+(paper configuration), checks that its maps equal ours on the same weights, and reports each time
+over the baseline's. Timings are interleaved (baseline, ours, baseline, ...) so that other load on
+the machine hits all of them alike; the fp32 matmul rate measured in the same run gives each model's
+compute floor (FLOPs / rate).
 """
 
 from __future__ import annotations

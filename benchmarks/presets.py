@@ -3,10 +3,11 @@
     python -m benchmarks.presets --out benchmarks/reports/presets_cpu.json
 
 For each candidate (the `lite` preset with config overrides) it measures, in one interleaved run:
-inference GFLOP per image (at the candidate's input size), PyTorch batch-1 latency, the cached training step (the loop of
-`ulsad.train`, batches of 8) extrapolated to an epoch of 200 images, parameters and checkpoint
-size. `--train ROOT CATEGORY DATASET` also trains each candidate on that category (`--epochs`,
-default the preset's) and adds its test metrics (image AUROC; pixel AUROC and AUPRO with masks).
+inference GFLOP per image (at the candidate's input size), PyTorch batch-1 latency, the cached
+training step (the loop of `ulsad.train`, batches of 8) extrapolated to an epoch of 200 images,
+parameters and checkpoint size. `--train ROOT CATEGORY DATASET` also trains each candidate on that
+category (`--epochs`, default the preset's) and adds its test metrics (image AUROC; pixel AUROC and
+AUPRO with masks).
 """
 
 from __future__ import annotations
