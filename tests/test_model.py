@@ -101,9 +101,13 @@ def test_folded_backbone_computes_the_same_features(name):
     for a, b in zip(folded(x), expected, strict=True):
         assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
     assert features.shape == (2, 32, 16, 16) and set(extractor.state_dict()) == keys
-    # Loading other weights refolds; moving the model moves both copies.
+    # A load without body weights (a compact checkpoint) keeps the folded copy; loading other
+    # body weights refolds; moving the model moves both copies.
+    extractor.load_state_dict({}, strict=False)
+    assert extractor.inference["body"] is folded
     state = {k: v * 0.5 if k.endswith("weight") else v for k, v in extractor.state_dict().items()}
     extractor.load_state_dict(state)
+    assert extractor.inference["body"] is not folded
     with torch.no_grad():
         changed = extractor(x)
         unfolded = [m.clone() for m in extractor.body(x)]

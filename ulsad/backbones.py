@@ -159,10 +159,13 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("pool", pool, persistent=False)
         self.identity_pool = in_channels == channels
         # {"body": fold_batchnorm(body)}: in a dict, so it is no submodule (no state-dict
-        # entries); rebuilt when weights load, moved with the body (`_apply`).
+        # entries); rebuilt when a load brings body weights (a compact checkpoint, a training
+        # state bring none), moved with the body (`_apply`).
         self.inference: dict[str, nn.Module] = {}
         self.refold()
-        self.register_load_state_dict_post_hook(lambda module, _: module.refold())
+        self.body_loaded = False
+        self.register_load_state_dict_pre_hook(self._note_body_weights)
+        self.register_load_state_dict_post_hook(self._refold_if_body_loaded)
 
     def refold(self) -> None:
         """Build `fold_batchnorm(self.body)` and check it once against the body; keep none (run
@@ -181,6 +184,14 @@ class FeatureExtractor(nn.Module):
             self.inference["body"] = folded
         else:
             log.warning("folding BatchNorm changed %s's features: not folded", type(self.body))
+
+    def _note_body_weights(self, module, state_dict, prefix, *_) -> None:
+        self.body_loaded |= any(key.startswith(prefix + "body.") for key in state_dict)
+
+    def _refold_if_body_loaded(self, module, incompatible_keys) -> None:
+        if self.body_loaded:
+            self.body_loaded = False
+            self.refold()
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(), ...: both copies
         if "body" in self.inference:
