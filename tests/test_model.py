@@ -88,7 +88,8 @@ def test_folded_backbone_computes_the_same_features(name):
     """Inference runs the backbone with each BatchNorm folded into its convolution: the same
     maps (float rounding), every norm folded, and the checkpoint's state dict unchanged."""
     layers = (2, 4) if name.startswith("tf_") else (2, 3)
-    extractor = FeatureExtractor(name, layers, 32, pretrained=name.startswith("tf_")).eval()
+    extractor = FeatureExtractor(name, layers, 32, pretrained=name.startswith("tf_"), fold=True)
+    extractor.eval()
     keys = set(extractor.state_dict())
     with torch.no_grad():
         x = extractor.normalize(torch.rand(2, 3, 128, 128))
@@ -118,6 +119,19 @@ def test_folded_backbone_computes_the_same_features(name):
     assert all(p.dtype == torch.float64 for p in extractor.inference["body"].parameters())
     with torch.no_grad():
         assert extractor(x.double()).dtype == torch.float64
+
+
+def test_only_lite_holds_a_folded_backbone_copy():
+    """The copy costs the backbone's memory again: lite folds (small backbone, 0.75x its time);
+    the paper preset runs its backbone as the paper does. Checkpoints match either way."""
+    lite = ULSAD.from_preset("lite", pretrained_backbone=False)
+    plain = ULSAD.from_preset("lite", pretrained_backbone=False, fold_batchnorm=False)
+    assert "body" in lite.extractor.inference and not plain.extractor.inference
+    assert plain.extractor.folded_body() is plain.extractor.body
+    assert not preset_config("paper").fold_batchnorm
+    assert preset_config("lite").matches(plain.config)
+    plain.extractor.load_state_dict(plain.extractor.state_dict())  # a load does not fold it
+    assert not plain.extractor.inference
 
 
 def test_folding_that_changes_the_features_falls_back_to_the_body(caplog):

@@ -138,6 +138,8 @@ class FeatureExtractor(nn.Module):
 
     `aggregation` > 1 first averages each map over `aggregation` x `aggregation` neighbourhoods
     (PatchCore's locally aware patch features): each position then describes its surroundings.
+    `fold` runs a copy of the body with its BatchNorms folded (`fold_batchnorm`), at the cost of
+    the body's memory again.
     """
 
     def __init__(
@@ -147,9 +149,11 @@ class FeatureExtractor(nn.Module):
         channels: int,
         pretrained: bool,
         aggregation: int = 1,
+        fold: bool = False,
     ):
         super().__init__()
         self.aggregation = aggregation
+        self.fold = fold
         self.body = create_backbone(name, layers, pretrained)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -158,11 +162,12 @@ class FeatureExtractor(nn.Module):
         pool = channel_pool_matrix(in_channels, channels)
         self.register_buffer("pool", pool, persistent=False)
         self.identity_pool = in_channels == channels
-        # {"body": fold_batchnorm(body)}: in a dict, so it is no submodule (no state-dict
-        # entries); rebuilt when a load brings body weights (a compact checkpoint, a training
-        # state bring none), moved with the body (`_apply`).
+        # With `fold`, {"body": fold_batchnorm(body)}: in a dict, so it is no submodule (no
+        # state-dict entries); rebuilt when a load brings body weights (a compact checkpoint, a
+        # training state bring none), moved with the body (`_apply`).
         self.inference: dict[str, nn.Module] = {}
-        self.refold()
+        if fold:
+            self.refold()
         self.body_loaded = False
         self.register_load_state_dict_pre_hook(self._note_body_weights)
         self.register_load_state_dict_post_hook(self._refold_if_body_loaded)
@@ -189,9 +194,9 @@ class FeatureExtractor(nn.Module):
         self.body_loaded |= any(key.startswith(prefix + "body.") for key in state_dict)
 
     def _refold_if_body_loaded(self, module, incompatible_keys) -> None:
-        if self.body_loaded:
-            self.body_loaded = False
+        if self.body_loaded and self.fold:
             self.refold()
+        self.body_loaded = False
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(), ...: both copies
         if "body" in self.inference:

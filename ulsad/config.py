@@ -34,6 +34,12 @@ class ULSADConfig:
     channels: int = 384
     # Average each backbone map over k x k neighbourhoods before fusing (1: off, the paper).
     feature_aggregation: int = 1
+    # Run the frozen backbone as a copy with each BatchNorm folded into its convolution (same
+    # features within float rounding; `ulsad.backbones.fold_batchnorm`). The copy costs the
+    # backbone's memory again: lite's takes 0.75x the time for ~14 MB; the paper's would cost
+    # ~260 MB of peak memory (1.77 GB against 1.28 GB for the reference, benchmarks.inference).
+    # How the model runs, not what it computes: a recipe matches whatever its value.
+    fold_batchnorm: bool = False
     # Local branch (FeatAE): bottleneck width (4C in the paper); output 2C (C with no global branch).
     featae_width: int = 1536
     featae_output_relu: bool = True  # the reference ends the decoder with BN + ReLU
@@ -153,7 +159,7 @@ class ULSADConfig:
 
     def matches(self, trained: ULSADConfig) -> bool:
         """Whether `trained` (a checkpoint's config) comes from this recipe."""
-        skip = self.chosen_in_training() | {"preset"}
+        skip = self.chosen_in_training() | {"preset", "fold_batchnorm"}
         mine, theirs = self.to_dict(), trained.to_dict()
         return all(mine[k] == theirs[k] for k in mine if k not in skip)
 
@@ -337,6 +343,7 @@ PRESETS: dict[str, ULSADConfig] = {
         featae_output_relu=False,
         global_width=32,
         feature_aggregation=3,
+        fold_batchnorm=True,
         epochs=None,
         steps=400,
         batch_size=4,

@@ -181,6 +181,7 @@ class ULSADModel(nn.Module):
             c,
             pretrained=pretrained_backbone,
             aggregation=config.feature_aggregation,
+            fold=config.fold_batchnorm,
         )
         with torch.random.fork_rng(devices=[]):  # head initialisation is reproducible from the seed
             torch.manual_seed(config.seed)
