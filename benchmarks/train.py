@@ -31,14 +31,7 @@ from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, 
 from tests.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
-from ulsad.train import (
-    build_cache,
-    channel_statistics,
-    make_optimizer,
-    memory_format,
-    set_branch_layout,
-    train_step,
-)
+from ulsad.train import build_cache, channel_statistics, make_optimizer, train_step
 
 REFERENCE = "reference paper (eager fp32)"
 
@@ -93,7 +86,6 @@ def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> l
     synchronize(device)
     cache_s = (time.perf_counter() - start) * args.images / used
 
-    set_branch_layout(model, memory_format(device))  # as ulsad.train trains
     optimizer, _ = make_optimizer(model, epochs=1)
 
     def cached_step(index: torch.Tensor) -> None:

@@ -11,14 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from ulsad import ULSAD, ULSADError
 from ulsad.data import load_split, make_synthetic_dataset
-from ulsad.train import (
-    STATE_NAME,
-    augmented_copies,
-    channel_statistics,
-    memory_format,
-    set_branch_layout,
-    split_holdout,
-)
+from ulsad.train import STATE_NAME, augmented_copies, channel_statistics, split_holdout
 
 
 def test_short_training_separates_synthetic_defects(trained_checkpoint, synthetic_root):
@@ -127,36 +120,8 @@ def test_fit_on_a_list_of_images(small_root):
     paths = sorted((small_root / "tiny" / "train" / "good").glob("*.png"))
     model = ULSAD.from_preset("lite", epochs=1, batch_size=4).fit(paths, progress=False)
     assert model.calibrated and not model.training
-    # Trained channels-last on the CPU, handed back in the default layout.
-    assert all(p.is_contiguous() for p in model.parameters())
     with pytest.raises(ULSADError, match="at least 2"):
         ULSAD.from_preset("lite", epochs=1).fit(paths[:1], progress=False)
-
-
-def test_a_channels_last_step_matches_the_default_layout():
-    """The CPU trains its branches channels-last (faster): the same loss and gradients."""
-    torch.manual_seed(0)
-    models = [
-        ULSAD.from_preset("lite", pretrained_backbone=False, image_size=128).train()
-        for _ in range(2)
-    ]
-    models[1].load_state_dict(models[0].state_dict())
-    images = torch.rand(2, 3, 128, 128)
-    results = []
-    for model, layout in zip(models, (torch.contiguous_format, torch.channels_last), strict=True):
-        set_branch_layout(model, layout)
-        normalized = model.extractor.normalize(images).contiguous(memory_format=layout)
-        features = model.features(normalized).contiguous(memory_format=layout)
-        loss = model.losses(features, normalized).total
-        loss.backward()
-        grads = [p.grad for n, p in model.named_parameters() if not n.startswith("extractor.")]
-        results.append((loss.item(), grads))
-    assert models[1].featae.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    default, channels_last = (torch.cat([g.flatten() for g in r[1]]) for r in results)
-    assert (channels_last - default).norm() <= 1e-4 * default.norm()  # float rounding only
-    assert memory_format(torch.device("cpu")) == torch.channels_last
-    assert memory_format(torch.device("cuda")) == torch.contiguous_format
 
 
 def test_augmented_copies_are_seeded_rotations_and_mirrors():
