@@ -70,6 +70,12 @@ def test_upload_and_inspect_shows_the_result_image(app_url, synthetic_root):
             # Upload and click each run Inspect: wait until the status overlay is hidden again.
             status = page.locator("#overlay .wrap").first
             expect(status).to_have_class(re.compile(r"\bhide\b"), timeout=30_000)
+            # Visible is not yet decoded: on a loaded machine naturalWidth read 0 here.
+            page.wait_for_function(
+                "() => { const img = document.querySelector('#overlay img');"
+                " return img !== null && img.complete && img.naturalWidth > 0; }",
+                timeout=30_000,
+            )
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
             src = result.get_attribute("src")
             natural_width = result.evaluate("img => img.naturalWidth")
