@@ -36,8 +36,8 @@ class ULSADConfig:
     feature_aggregation: int = 1
     # Run the frozen backbone as a copy with each BatchNorm folded into its convolution (same
     # features within float rounding; `ulsad.backbones.fold_batchnorm`). The copy costs the
-    # backbone's memory again: lite's takes 0.75x the time for ~14 MB; the paper's would cost
-    # ~260 MB of peak memory (1.77 GB against 1.28 GB for the reference, benchmarks.inference).
+    # backbone's memory again: lite's takes 0.75x the time for ~14 MB; the paper's bought 2% of
+    # its time for 0.25 GB (peak RSS 1.77 GB against 1.52 GB without it, benchmarks.inference).
     # How the model runs, not what it computes: a recipe matches whatever its value.
     fold_batchnorm: bool = False
     # Local branch (FeatAE): bottleneck width (4C in the paper); output 2C (C with no global branch).
