@@ -109,25 +109,6 @@ def test_inspect_returns_the_models_score_and_full_size_maps(
     assert plot["type"] == "plotly" and '"type":"heatmap"' in plot["plot"].replace(" ", "")
 
 
-def test_global_panel_shows_only_for_models_that_use_the_global_map(
-    app_module, trained_checkpoint, tmp_path
-):
-    """A model fused with local weight 1.0 scores with its local map alone: the page hides its
-    global panel after inspecting (it showed an all-zero map); one that uses the map shows it."""
-    shown = {}
-    for weight in (1.0, 0.5):
-        folder = tmp_path / str(weight)
-        folder.mkdir()
-        weights = (trained_checkpoint / "model.safetensors").read_bytes()
-        (folder / "model.safetensors").write_bytes(weights)
-        config = json.loads((trained_checkpoint / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "local_weight": weight}))
-        update = app_module.global_panel(checkpoints.FITTED, "", sessions.Session(fitted=folder))
-        shown[weight] = update["visible"]
-    assert shown == {1.0: False, 0.5: True}
-    assert app_module.global_panel(checkpoints.FITTED, "", sessions.Session()) == gr.skip()
-
-
 def test_threshold_moves_the_verdict_and_none_means_the_checkpoints(
     served, model, test_images, tmp_path_factory
 ):

@@ -95,16 +95,6 @@ def inspect(image, checkpoint, threshold, custom_checkpoint, session: Session):
     return result.score, result.overlay, result.local_map, result.global_map, text, result.figure
 
 
-def global_panel(checkpoint, custom_checkpoint, session: Session) -> dict:
-    """Show the global-map panel only for a model that uses its global map (one fused with
-    local weight 1.0 scores with its local map alone, and its global map is all zeros)."""
-    try:
-        model = session.model(checkpoint, custom_checkpoint, CACHE)
-    except Exception:  # `inspect` has reported it already
-        return gr.skip()
-    return gr.update(visible=model.uses_global_map)
-
-
 def inspect_again(image, checkpoint, threshold, custom_checkpoint, session: Session):
     """The threshold moved: redo the inspection, if there is an image yet."""
     if image is None:

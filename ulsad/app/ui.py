@@ -15,7 +15,6 @@ from ulsad.app.handlers import (
     CACHE,
     batch,
     fit,
-    global_panel,
     inspect,
     inspect_again,
     on_checkpoint,
@@ -198,14 +197,8 @@ def build_demo(
         inspect_inputs = [image, checkpoint, threshold_slider, custom, session]
         inspect_outputs = [score, overlay, local_map, global_map, verdict, heatmap]
         common = {"concurrency_id": "inspect", "concurrency_limit": 2, "preprocess": False}
-        panel = {"fn": global_panel, "inputs": [checkpoint, custom, session],
-                 "outputs": [global_map], "api_visibility": "private", "queue": False}  # fmt: skip
-        inspect_button.click(
-            inspect, inspect_inputs, inspect_outputs, api_name="inspect", **common
-        ).then(**panel)
-        image.upload(
-            inspect, inspect_inputs, inspect_outputs, api_visibility="private", **common
-        ).then(**panel)
+        inspect_button.click(inspect, inspect_inputs, inspect_outputs, api_name="inspect", **common)
+        image.upload(inspect, inspect_inputs, inspect_outputs, api_visibility="private", **common)
         threshold_slider.release(
             inspect_again,
             inspect_inputs,
