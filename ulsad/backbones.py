@@ -153,7 +153,6 @@ class FeatureExtractor(nn.Module):
     ):
         super().__init__()
         self.aggregation = aggregation
-        self.fold = fold
         self.body = create_backbone(name, layers, pretrained)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -166,11 +165,11 @@ class FeatureExtractor(nn.Module):
         # state-dict entries); rebuilt when a load brings body weights (a compact checkpoint, a
         # training state bring none), moved with the body (`_apply`).
         self.inference: dict[str, nn.Module] = {}
+        self.body_loaded = False
         if fold:
             self.refold()
-        self.body_loaded = False
-        self.register_load_state_dict_pre_hook(self._note_body_weights)
-        self.register_load_state_dict_post_hook(self._refold_if_body_loaded)
+            self.register_load_state_dict_pre_hook(self._note_body_weights)
+            self.register_load_state_dict_post_hook(self._refold_if_body_loaded)
 
     def refold(self) -> None:
         """Build `fold_batchnorm(self.body)` and check it once against the body; keep none (run
@@ -194,9 +193,9 @@ class FeatureExtractor(nn.Module):
         self.body_loaded |= any(key.startswith(prefix + "body.") for key in state_dict)
 
     def _refold_if_body_loaded(self, module, incompatible_keys) -> None:
-        if self.body_loaded and self.fold:
+        if self.body_loaded:
+            self.body_loaded = False
             self.refold()
-        self.body_loaded = False
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(), ...: both copies
         if "body" in self.inference:
