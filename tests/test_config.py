@@ -49,6 +49,8 @@ BAD_VALUES = [
     ("augment_flip", "yes", "augment_flip must be of type bool"),
     ("backbone", 5, "backbone must be of type str"),
     ("backbone", " ", "backbone must not be empty"),
+    ("attention_queries", -1, "attention_queries must be in"),
+    ("training_precision", "float16", "training_precision must be 'auto'"),
 ]
 
 

@@ -161,3 +161,22 @@ def test_training_on_elongated_images_trains_on_their_tiles(tmp_path):
         write_model_card(tmp_path / str(tile))
         card = (tmp_path / str(tile) / "README.md").read_text()
         assert ("training images gave 15 tiles" in card) == tile  # 5 training images, 1 held out
+
+
+@pytest.mark.parametrize("boxes", [[(0, 0, 30, 20)], [(0, 0, 20, 20), (10, 0, 30, 20)]])
+def test_original_size_maps_stitch_each_distinct_map_once_with_the_same_values(boxes):
+    from ulsad.inference import original_size_maps, stitch
+
+    generator = torch.Generator().manual_seed(0)
+    combined, other = torch.rand(2, len(boxes), 1, 16, 16, generator=generator)
+    cases = {
+        "all distinct": torch.cat([combined, other, other * 2], 1),
+        "local-only model": torch.cat([combined, combined, torch.zeros_like(combined)], 1),
+    }
+    for name, tile_maps in cases.items():
+        expected = stitch(tile_maps, boxes, (20, 30), (40, 60))
+        maps = original_size_maps(tile_maps, boxes, (20, 30), (40, 60))
+        for got, want in zip(maps, expected, strict=True):
+            assert got.shape == (40, 60) and got.dtype == np.float32, name
+            assert np.array_equal(got, want), name
+        assert not np.shares_memory(maps[0], maps[1])  # a copy: editing one leaves the other

@@ -320,3 +320,30 @@ def test_config_errors():
         preset_config("lite", image_size=200)
     with pytest.raises(ULSADError, match="Unknown config"):
         preset_config("lite", chanels=3)
+
+
+def test_attention_over_a_subset_of_queries_is_those_positions_of_the_full_attention():
+    from ulsad.model import attention
+
+    generator = torch.Generator().manual_seed(0)
+    queries, features = torch.randn(2, 2, 8, 5, 6, generator=generator)
+    index = torch.tensor([0, 7, 29, 13])
+    full = attention(queries, features)
+    subset = attention(queries.flatten(2)[:, :, index], features)
+    assert subset.shape == (2, 8, 4)
+    assert torch.allclose(subset, full.flatten(2)[:, :, index], atol=1e-6)
+
+
+def test_attention_loss_over_every_query_in_any_order_is_the_full_loss():
+    model = ULSAD.from_preset("lite", pretrained_backbone=False, image_size=128).eval()
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    normalized = model.extractor.normalize(images)
+    features = model.features(normalized)
+    with torch.no_grad():
+        full = model.losses(features, normalized)
+        shuffled = model.losses(features, normalized, query_index=torch.randperm(16 * 16))
+        some = model.losses(features, normalized, query_index=torch.arange(10))
+    assert float(full.attention) > 0
+    assert shuffled.attention.item() == pytest.approx(full.attention.item(), rel=1e-5)
+    assert some.attention.item() != pytest.approx(full.attention.item(), rel=1e-5)
+    assert some.local.item() == full.local.item()  # only the attention term is subsampled

@@ -162,3 +162,52 @@ def test_local_only_model_is_calibrated_on_its_local_map(small_root, tmp_path):
     # Normalised: the held-out maps' high quantile maps to 0.1, so scores sit near it, not at
     # the raw distance scale.
     assert all(0.0 < s < 1.0 for s in summary["heldout_scores"]), summary["heldout_scores"]
+
+
+@pytest.mark.parametrize("local_only", [False, True])
+def test_bfloat16_training_steps_compute_in_bf16_and_keep_float32_weights(local_only):
+    import copy
+
+    from ulsad.devices import native_bfloat16
+    from ulsad.model import attention
+    from ulsad.train import make_optimizer, train_step
+
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    base = ULSAD.from_preset("lite", pretrained_backbone=False, image_size=128).train()
+    normalized = base.extractor.normalize(images)
+    features = base.features(normalized)
+    target = attention(features, features)
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        model = copy.deepcopy(base)
+        model.config = model.config.replace(training_precision=precision)
+        optimizer, _ = make_optimizer(model, 1)
+        losses[precision] = train_step(
+            model, optimizer, features, normalized, target, local_only=local_only
+        )
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    # Same weights and batch: bf16 arithmetic moves the loss, but only by its rounding (~1%).
+    assert losses["bfloat16"] != losses["float32"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+    assert not native_bfloat16(torch.device("meta"))
+
+
+def test_attention_queries_are_drawn_per_step_from_the_seed_so_an_epoch_repeats_exactly():
+    import copy
+
+    from ulsad.train import make_optimizer, prepare_sets, run_epoch
+
+    images = torch.rand(10, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    images = images.mul(255).to(torch.uint8)
+    config = {"image_size": 128, "synthetic_defects": 0, "local_weight": 0.5, "batch_size": 4}
+    base = ULSAD.from_preset("lite", pretrained_backbone=False, attention_queries=32, **config)
+    sets = prepare_sets(base, images[:8], images[8:], torch.device("cpu"), progress=False)
+    trained = {}
+    for name, queries in (("first", 32), ("again", 32), ("all", 0)):
+        model = copy.deepcopy(base)
+        model.config = model.config.replace(attention_queries=queries)
+        optimizer, _ = make_optimizer(model, 1)
+        run_epoch(model, optimizer, sets, epoch=0, device=torch.device("cpu"))
+        trained[name] = model.global_ae.head[-1].weight.detach()
+    assert torch.equal(trained["first"], trained["again"])
+    assert not torch.allclose(trained["first"], trained["all"], atol=1e-7)

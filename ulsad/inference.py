@@ -47,6 +47,11 @@ def stitch(tile_maps: Tensor, boxes: Sequence[Box], image_size: tuple[int, int],
     """Maps of one image's tiles (T, K, S, S) -> (K, H', W') float32 at `out_size`: each tile's
     maps resized into its box (scaled from `image_size`, (H, W)), overlaps averaged. With one
     box over the whole image this is a plain resize."""
+    if len(boxes) == 1:  # the whole image (`tile_boxes`): a plain resize, no accumulators
+        resized = F.interpolate(
+            tile_maps[:1].float(), size=out_size, mode="bilinear", align_corners=False
+        )
+        return resized[0].cpu().numpy()
     (h, w), (out_h, out_w) = image_size, out_size
     total = tile_maps.new_zeros((tile_maps.shape[1], out_h, out_w), dtype=torch.float32)
     count = total.new_zeros((1, out_h, out_w))
@@ -58,7 +63,26 @@ def stitch(tile_maps: Tensor, boxes: Sequence[Box], image_size: tuple[int, int],
         )
         total[:, y0:y1, x0:x1] += resized[0]
         count[:, y0:y1, x0:x1] += 1
-    return (total / count).cpu().numpy()
+    return total.div_(count).cpu().numpy()
+
+
+def original_size_maps(tile_maps: Tensor, boxes: Sequence[Box], image_size: tuple[int, int],
+                       out_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One image's combined, local and global maps (T, 3, S, S) -> three (H', W') arrays, each
+    stitched once: a local map equal to the combined one is copied, and a global map of zeros
+    (not used, see `Prediction`) stays lazily allocated zeros, so scoring large images needs a
+    third of the memory."""
+    distinct = [0]
+    if not torch.equal(tile_maps[:, 1], tile_maps[:, 0]):
+        distinct.append(1)
+    if tile_maps[:, 2].any():
+        distinct.append(2)
+    resized = stitch(tile_maps[:, distinct], boxes, image_size, out_size)
+    stitched = dict(zip(distinct, resized, strict=True))
+    combined = stitched[0]
+    local_map = stitched[1] if 1 in stitched else combined.copy()
+    global_map = stitched[2] if 2 in stitched else np.zeros(combined.shape, np.float32)
+    return combined, local_map, global_map
 
 
 def iter_predictions(
@@ -96,7 +120,9 @@ def iter_predictions(
                 round(size[0] * image_size / box_h), round(size[1] * image_size / box_w)
             )  # fmt: skip
             last = first + len(boxes)
-            combined, local_map, global_map = stitch(maps[first:last], boxes, size, out_size)
+            combined, local_map, global_map = original_size_maps(
+                maps[first:last], boxes, size, out_size
+            )
             yield (
                 item,
                 image,

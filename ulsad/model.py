@@ -28,12 +28,12 @@ def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
 
 
 def attention(queries: Tensor, features: Tensor) -> Tensor:
-    """softmax(Q F^T / sqrt(C)) F over all positions; Q and F are (B, C, H, W) maps."""
-    b, c, h, w = features.shape
+    """softmax(Q F^T / sqrt(C)) F over all positions of the (B, C, H, W) map F, for queries Q
+    of shape (B, C, H, W) or (B, C, N) (a subset of positions); returns Q's shape."""
     q = queries.flatten(2).transpose(1, 2)
     kv = features.flatten(2).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, kv, kv, scale=1.0 / math.sqrt(c))
-    return out.transpose(1, 2).reshape(b, c, h, w)
+    out = F.scaled_dot_product_attention(q, kv, kv, scale=1.0 / math.sqrt(features.shape[1]))
+    return out.transpose(1, 2).reshape(queries.shape)
 
 
 def _xavier(module: nn.Module) -> nn.Module:
@@ -261,9 +261,11 @@ class ULSADModel(nn.Module):
         normalized_images: Tensor,
         self_attention: Tensor | None = None,
         local_only: bool = False,
+        query_index: Tensor | None = None,
     ) -> Losses:
         """The three training losses; `self_attention` may be precomputed (it depends on features
-        only). `local_only`: the local loss alone, without running the global branch."""
+        only). `local_only`: the local loss alone, without running the global branch.
+        `query_index`: the attention loss over these flat positions only (`attention_queries`)."""
         cfg, c = self.config, self.config.channels
         reconstruction, global_features = self.branches(features, normalized_images, not local_only)
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
@@ -275,9 +277,13 @@ class ULSADModel(nn.Module):
                 global_features, reconstruction[:, c:], cfg.lambda_global
             ).mean()
             if cfg.attention_loss:
+                queries = global_features
                 if self_attention is None:
                     self_attention = attention(features, features)
-                cross_attention = attention(global_features, features)
+                if query_index is not None:
+                    queries = queries.flatten(2)[:, :, query_index]
+                    self_attention = self_attention.flatten(2)[:, :, query_index]
+                cross_attention = attention(queries, features)
                 attention_loss = feature_distance(
                     self_attention, cross_attention, cfg.lambda_attention
                 ).mean()

@@ -36,7 +36,7 @@ from ulsad.checkpoint import (
     save_pretrained,
 )
 from ulsad.config import ULSADConfig
-from ulsad.devices import resolve_device
+from ulsad.devices import native_bfloat16, resolve_device
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from ulsad.images import find_images, load_image, to_tiles
@@ -290,12 +290,18 @@ def train_step(
     normalized_images: torch.Tensor,
     self_attention: torch.Tensor | None = None,
     local_only: bool = False,
+    query_index: torch.Tensor | None = None,
 ) -> float:
-    """One optimiser step on one batch (bf16 autocast on CUDA); returns the batch's loss.
-    `local_only`: the local loss alone (the global branch pruned, see `pruned_after`)."""
-    device_type = features.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        loss = model.losses(features, normalized_images, self_attention, local_only).total
+    """One optimiser step on one batch (under bf16 autocast as `training_precision` says);
+    returns the batch's loss. `local_only`: the local loss alone (the global branch pruned, see
+    `pruned_after`)."""
+    device = features.device
+    precision = model.config.training_precision
+    bf16 = precision == "bfloat16" or (precision == "auto" and native_bfloat16(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model.losses(
+            features, normalized_images, self_attention, local_only, query_index
+        ).total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -417,11 +423,18 @@ def run_epoch(model: ULSADModel, optimizer, sets: TrainingSets, epoch: int,
               device: torch.device, local_only: bool = False) -> float:  # fmt: skip
     """One epoch of optimiser steps; returns the mean training loss."""
     model.train()
-    batches = epoch_batches(sets.n_train, model.config, epoch)
+    cfg = model.config
+    batches = epoch_batches(sets.n_train, cfg, epoch)
+    positions = sets.train.features[0, 0].numel()
     total = 0.0
-    for index in batches:
+    for step, index in enumerate(batches):
         batch = sets.train.batch(model, index, device)
-        total += train_step(model, optimizer, *batch, local_only=local_only) * len(index)
+        queries = None
+        if 0 < cfg.attention_queries < positions and not local_only:  # seeded per step: resumable
+            generator = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 10_007 + step)
+            queries = torch.randperm(positions, generator=generator)[: cfg.attention_queries]
+            queries = queries.to(device)
+        total += train_step(model, optimizer, *batch, local_only, queries) * len(index)
     return total / sum(len(b) for b in batches)
 
 
