@@ -15,7 +15,8 @@ from ulsad.app.inputs import load_upload, number
 from ulsad.errors import ULSADError
 
 FIT_MIN_IMAGES, FIT_MAX_IMAGES = 10, 200
-# The `lite` budget (400 steps of 4 images) for 50 uploads (45 trained on): ~100 s on 2 cores.
+# The `lite` budget (400 steps of 4 images) for 50 uploads (45 trained on): 75-110 s on 2 cores
+# (the lower end on CPUs that compute bf16 natively, see `training_precision`).
 FIT_DEFAULT_EPOCHS = 36
 # 7 cached copies of each image, rotated by up to +-30 degrees and mirrored half of the time.
 ROTATION_AUGMENTATION = {"augment_copies": 7, "augment_rotation": 30.0, "augment_flip": True}

@@ -151,7 +151,7 @@ def build_demo(
             gr.Markdown(
                 f"Upload {FIT_MIN_IMAGES}-{FIT_MAX_IMAGES} **good** (defect-free) images of "
                 "one product, or a zip of them. A `lite` model trains on the CPU in a few "
-                f"minutes ({FIT_DEFAULT_EPOCHS} epochs: about 2 min for 50 images on 2 "
+                f"minutes ({FIT_DEFAULT_EPOCHS} epochs: 1-2 min for 50 images on 2 "
                 "cores). One training runs at a time; others wait in the queue."
             )
             with gr.Row():
