@@ -2,8 +2,8 @@
 
     python -m benchmarks.train --out benchmarks/results/train_cpu.json
 
-Per preset it times the training loop of `ulsad.train` (Adam steps on batches of 8; bf16 autocast
-on CUDA): with the cache (backbone features and the self-attention target computed once, as
+Per preset it times the training loop of `ulsad.train` (Adam steps on batches of 8, in the
+preset's `training_precision`, its attention loss over `attention_queries`): with the cache (backbone features and the self-attention target computed once, as
 `ulsad.train` does) and without it (backbone and attention target on every batch). The baseline,
 timed in the same run, is the reference implementation's training step (`tests/reference.py`,
 paper configuration, eager fp32, no cache). By default the lite preset runs full epochs and the
@@ -31,7 +31,7 @@ from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, 
 from tests.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
-from ulsad.train import build_cache, channel_statistics, make_optimizer, train_step
+from ulsad.train import build_cache, channel_statistics, make_optimizer, query_index, train_step
 
 REFERENCE = "reference paper (eager fp32)"
 
@@ -87,13 +87,18 @@ def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> l
     cache_s = (time.perf_counter() - start) * args.images / used
 
     optimizer, _ = make_optimizer(model, epochs=1)
+    positions = cache.features[0, 0].numel()
+
+    def queries(index: torch.Tensor) -> torch.Tensor | None:  # as ulsad.train draws them
+        return query_index(cfg, 0, int(index[0]) // batch_size, positions, device)
 
     def cached_step(index: torch.Tensor) -> None:
-        train_step(model, optimizer, *cache.batch(model, index, device))
+        train_step(model, optimizer, *cache.batch(model, index, device), False, queries(index))
 
     def uncached_step(index: torch.Tensor) -> None:
         normalized = model.extractor.normalize(images[index].to(device).float().div_(255.0))
-        train_step(model, optimizer, model.features(normalized), normalized)
+        features = model.features(normalized)
+        train_step(model, optimizer, features, normalized, None, False, queries(index))
 
     steps = {f"{preset} (cached features)": cached_step, f"{preset} (no cache)": uncached_step}
     if preset == "paper" or args.reference_for_all:

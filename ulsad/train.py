@@ -308,6 +308,18 @@ def train_step(
     return loss.item()
 
 
+def query_index(
+    config: ULSADConfig, epoch: int, step: int, positions: int, device: torch.device
+) -> torch.Tensor | None:
+    """The flat feature positions whose attention this step's loss compares
+    (`attention_queries`), drawn from a generator seeded by (seed, epoch, step), so that a
+    resumed run draws the same; None: all of them."""
+    if not 0 < config.attention_queries < positions:
+        return None
+    generator = torch.Generator().manual_seed((config.seed * 100_003 + epoch) * 10_007 + step)
+    return torch.randperm(positions, generator=generator)[: config.attention_queries].to(device)
+
+
 def epoch_batches(n_train: int, config: ULSADConfig, epoch: int) -> list[torch.Tensor]:
     """Cache indices of one epoch's batches: a seeded shuffle, one version of each image (the
     original or an augmented copy), no batch of one (BatchNorm needs two samples)."""
@@ -423,17 +435,12 @@ def run_epoch(model: ULSADModel, optimizer, sets: TrainingSets, epoch: int,
               device: torch.device, local_only: bool = False) -> float:  # fmt: skip
     """One epoch of optimiser steps; returns the mean training loss."""
     model.train()
-    cfg = model.config
-    batches = epoch_batches(sets.n_train, cfg, epoch)
+    batches = epoch_batches(sets.n_train, model.config, epoch)
     positions = sets.train.features[0, 0].numel()
     total = 0.0
     for step, index in enumerate(batches):
         batch = sets.train.batch(model, index, device)
-        queries = None
-        if 0 < cfg.attention_queries < positions and not local_only:  # seeded per step: resumable
-            generator = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 10_007 + step)
-            queries = torch.randperm(positions, generator=generator)[: cfg.attention_queries]
-            queries = queries.to(device)
+        queries = None if local_only else query_index(model.config, epoch, step, positions, device)
         total += train_step(model, optimizer, *batch, local_only, queries) * len(index)
     return total / sum(len(b) for b in batches)
 
