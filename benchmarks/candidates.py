@@ -73,7 +73,7 @@ def test_metrics(model: ULSAD, dataset: str, root: str, category: str) -> dict:
     table = {}
     for w in weights:
         fused = w * local_n + (1 - w) * glob_n if w < 1 else local_n
-        row = {"image_auroc": image_auroc(labels, fused.amax(dim=(1, 2)).numpy())}
+        row = {"image_auroc": image_auroc(labels, model.image_score(fused).numpy())}
         if masks is not None:
             pixels = PixelMetrics()
             for amap, mask in zip(fused.numpy(), masks, strict=True):

@@ -5,12 +5,15 @@
 `import ulsad` sets OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep) unless the user set it.
 This measures what that default buys. Each run is a fresh process that trains `lite` for a fixed
 number of optimiser steps on a synthetic 50-image category, timed from the first to the last
-epoch (`ULSAD.fit`'s callback), under three settings:
+epoch (`ULSAD.fit`'s callback), under these settings (`--settings` picks some):
 
 - `ulsad default`: plain `import ulsad` (PASSIVE);
 - `before`: torch imported before ulsad with no setting, i.e. OpenMP's own default, which is what
   every run got before this default existed (and what a user importing torch first still gets);
-- `ACTIVE`: OMP_WAIT_POLICY=ACTIVE, threads always spin.
+- `PASSIVE`: OMP_WAIT_POLICY=PASSIVE, idle threads sleep at once;
+- `ACTIVE`: OMP_WAIT_POLICY=ACTIVE, threads always spin;
+- `GOMP_SPINCOUNT=10000`: GNU OpenMP (PyTorch's Linux wheels) spins 10,000 times, 30x fewer than
+  its default, before sleeping.
 
 and two machine states: idle, and shared with one other job running 2-thread matrix products for
 the whole measurement. Each (setting, state) pair is run in rounds, interleaved, and the median
@@ -53,11 +56,18 @@ while time.time() < end:
     a @ a
 """
 
-SETTINGS = {"ulsad default": {}, "before": {}, "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}}
+SETTINGS = {
+    "ulsad default": {},
+    "before": {},
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+}
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def run_once(setting: str, root: Path, steps: int, shared: bool) -> float:
-    plain = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    plain = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     env = {**plain, **SETTINGS[setting]}
     competitor = None
     if shared:  # the other job is not ours: it runs with OpenMP's own defaults, whatever we set
@@ -81,8 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="optimiser steps per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated, of: {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/reports/shared_cpu.json")
     args = parser.parse_args()
+    settings = args.settings.split(",")
+    if set(settings) - set(SETTINGS) or "ulsad default" not in settings:
+        parser.error(f"--settings: 'ulsad default' and others of {list(SETTINGS)}")
     from ulsad.data import make_synthetic_dataset
 
     results: dict[str, dict[str, list[float]]] = {}
@@ -92,7 +107,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for shared in (False, True):
                 state = "shared" if shared else "idle"
-                for setting in SETTINGS:
+                for setting in settings:
                     seconds = run_once(setting, Path(tmp), args.steps, shared)
                     results.setdefault(state, {}).setdefault(setting, []).append(seconds)
                     print(f"{state:>6} {setting:>13}: {seconds:.3f} s/step", flush=True)

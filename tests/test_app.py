@@ -109,6 +109,24 @@ def test_inspect_returns_the_models_score_and_full_size_maps(
     assert plot["type"] == "plotly" and '"type":"heatmap"' in plot["plot"].replace(" ", "")
 
 
+def test_a_global_map_the_model_does_not_use_is_shown_as_unused(trained_checkpoint, test_images):
+    """Local-only (local_weight 1.0): a grey panel that says so, not an all-zero heatmap that would
+    read as "no logical defect"; with weight on the global map, its heatmap in colour."""
+    image = Image.open(test_images["defect"][0]).convert("RGB")
+    panels = {}
+    for weight in (1.0, 0.5):
+        model = ULSAD.from_pretrained(trained_checkpoint)
+        model.config.local_weight = weight
+        shown = scoring.inspect_image(model, image, threshold=None)
+        panels[weight] = np.asarray(shown.global_map).astype(int)
+        assert shown.global_map.size == image.size
+        assert ("local (structural) map alone" in shown.verdict) == (weight == 1.0)
+    unused, used = panels[1.0], panels[0.5]
+    assert (unused[..., 0] == unused[..., 1]).all() and (unused[..., 1] == unused[..., 2]).all()
+    assert (unused[..., 0] > 200).sum() > 50  # the label's white letters (the image: 96-159)
+    assert np.abs(used[..., 0] - used[..., 2]).max() > 50  # a coloured heatmap
+
+
 def test_threshold_moves_the_verdict_and_none_means_the_checkpoints(
     served, model, test_images, tmp_path_factory
 ):

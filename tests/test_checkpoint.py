@@ -101,6 +101,24 @@ def test_full_checkpoints_of_earlier_versions_load_and_resave_compact(model, tmp
         ckpt.save_pretrained(paper, tmp_path / "paper", store_backbone=False)
 
 
+def test_checkpoints_from_before_the_image_score_field_keep_the_maximum(model, tmp_path):
+    """`image_score_fraction` came later: a config.json without it scores by the map's maximum,
+    the rule its threshold was calibrated on; the field's value is what decides."""
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("image_score_fraction") == 0.02  # the lite default
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = ULSAD.from_pretrained(tmp_path)
+    assert old.config.image_score_fraction == 0.0 and old.score_pixels == 1
+    size = model.config.image_size
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        new_out, old_out = model(images), old(images)
+    torch.testing.assert_close(old_out.anomaly_map, new_out.anomaly_map)
+    torch.testing.assert_close(old_out.score, old_out.anomaly_map.amax(dim=(1, 2)))
+    assert (new_out.score < old_out.score).all()  # a mean of the top 2% is below the maximum
+
+
 def test_backbone_that_does_not_match_the_hash_is_refused(model, tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

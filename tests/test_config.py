@@ -51,6 +51,8 @@ BAD_VALUES = [
     ("backbone", " ", "backbone must not be empty"),
     ("attention_queries", -1, "attention_queries must be in"),
     ("training_precision", "float16", "training_precision must be 'auto'"),
+    ("image_score_fraction", 1.0, "image_score_fraction must be in"),
+    ("image_score_fraction", -0.01, "image_score_fraction must be in"),
 ]
 
 

@@ -216,7 +216,11 @@ def test_maps_match_formulas(lite):
     assert torch.allclose(out.local_map, local_map, atol=1e-4)
     assert torch.allclose(out.global_map, global_map, atol=1e-4)
     assert torch.allclose(out.anomaly_map, combined, atol=1e-4)
-    assert torch.allclose(out.score, combined.amax(dim=(1, 2)), atol=1e-4)
+    # The image score: the mean of the highest 2% of the combined map's pixels (`lite`).
+    top = round(lite.config.image_score_fraction * LITE_SIZE**2)
+    assert top > 1 and lite.score_pixels == top
+    expected = combined.flatten(1).sort(dim=1, descending=True).values[:, :top].mean(dim=1)
+    assert torch.allclose(out.score, expected, atol=1e-4)
 
 
 def test_local_only_fusion_skips_the_global_branch(lite):
@@ -240,7 +244,7 @@ def test_local_only_fusion_skips_the_global_branch(lite):
         lite.config = config
     assert torch.allclose(local_only.local_map, fused.local_map, atol=1e-6)
     assert torch.allclose(local_only.anomaly_map, fused.local_map, atol=1e-6)
-    assert torch.allclose(local_only.score, fused.local_map.amax(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(local_only.score, lite.image_score(fused.local_map), atol=1e-6)
     assert not local_only.global_map.any() and fused.global_map.any()
 
 

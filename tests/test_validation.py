@@ -12,6 +12,7 @@ import torch
 
 from ulsad import ULSAD, ULSADConfig, ULSADError
 from ulsad.data import make_synthetic_dataset
+from ulsad.model import top_mean
 from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, perlin_noise, synthetic_defects
 from ulsad.train import pruned_after
 from ulsad.validation import ValidationMaps, best_weight, f1_threshold, fusion_table
@@ -126,6 +127,29 @@ def test_fusion_weight_follows_the_branch_that_sees_the_synthetic_defects():
     no_global = _maps(0.5, 0.0)
     no_global.good_global = no_global.defect_global = None
     assert list(fusion_table(no_global, quantiles)) == [1.0]
+
+
+def test_image_score_rule_is_the_models_in_validation_too():
+    """A good map with one bright pixel and a defect map with a dimmer patch: the maximum ranks
+    the good image higher, the mean of the top 2% (20 of 1,024 pixels) the defect; the
+    synthetic-defect image AUROC follows the rule it is given (the model's), as scoring does."""
+    g = torch.Generator().manual_seed(0)
+    good = 0.01 * torch.rand(4, 32, 32, generator=g)
+    good[:, 5, 5] = 1.0
+    defect = 0.01 * torch.rand(4, 32, 32, generator=g)
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[:, 10:18, 10:18] = True  # 64 pixels, 6% of the map
+    defect[masks] = 0.5
+    assert (top_mean(good, 1) > top_mean(defect, 1)).all()
+    assert (top_mean(good, 20) < top_mean(defect, 20)).all()
+    assert torch.equal(top_mean(defect, 1), defect.amax(dim=(1, 2)))
+    assert torch.allclose(
+        top_mean(good, 20), (1.0 + good.flatten(1).sort(1).values[:, -20:-1].sum(1)) / 20
+    )
+    maps = ValidationMaps(good, None, defect, None, masks)
+    by_max = fusion_table(maps, (0.9, 0.995))[1.0]["image_auroc"]
+    by_top = fusion_table(maps, (0.9, 0.995), image_score=lambda m: top_mean(m, 20))
+    assert by_max == 0.0 and by_top[1.0]["image_auroc"] == 1.0
 
 
 def test_f1_threshold_separates_the_classes_weighted_equally():

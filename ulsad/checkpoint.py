@@ -210,8 +210,8 @@ def load_checkpoint(
             f"{shown(weights_path)} does not match its config.json (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {wrong[:3]}): the two files come from different models."
         )
-    state = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
     # Strict in effect: every key was checked above; only the (verified) backbone's and the
-    # OPTIONAL buffers may be absent.
-    model.load_state_dict(state, strict=False)
+    # OPTIONAL buffers may be absent. Each tensor is copied into the model's own, converted on
+    # the way (float16 storage -> float32), so no converted copy of the whole state is held.
+    model.load_state_dict(tensors, strict=False)
     return model.eval()

@@ -145,6 +145,12 @@ def gaussian_blur(maps: Tensor, kernel: Tensor) -> Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
 
 
+def top_mean(maps: Tensor, k: int) -> Tensor:
+    """Per (B, H, W) map: the mean of its `k` highest values (the maximum for k <= 1)."""
+    flat = maps.flatten(1)
+    return flat.amax(dim=1) if k <= 1 else flat.topk(k, dim=1, sorted=False).values.mean(dim=1)
+
+
 class Losses(NamedTuple):
     total: Tensor
     local: Tensor
@@ -328,8 +334,18 @@ class ULSADModel(nn.Module):
         the global map is zeros when the combined map does not use it."""
         return self.combine(*self.unnormalized_maps(images))
 
+    @property
+    def score_pixels(self) -> int:
+        """How many of a map's S x S pixels its image score averages (`image_score_fraction`;
+        1: the maximum). A Python int, so an exported graph holds it as a constant."""
+        return max(1, round(self.config.image_score_fraction * self.config.image_size**2))
+
+    def image_score(self, maps: Tensor) -> Tensor:
+        """Image scores of combined maps (B, S, S): the mean of their `score_pixels` highest."""
+        return top_mean(maps, self.score_pixels)
+
     def combine(self, local_map: Tensor, global_map: Tensor | None) -> AnomalyMaps:
-        """Quantile-normalise (once calibrated) and average the blurred maps; score = max."""
+        """Quantile-normalise (once calibrated) and average the blurred maps; score: `image_score`."""
         if self.calibrated:  # m' = 0.1 (m - q_low) / (q_high - q_low); blur commutes with it
             q = self.map_quantiles
             local_map = 0.1 * (local_map - q[0, 0]) / (q[0, 1] - q[0, 0])
@@ -341,4 +357,4 @@ class ULSADModel(nn.Module):
         else:
             w = self.fusion_weight
             combined = w * local_map + (1 - w) * global_map
-        return AnomalyMaps(combined.amax(dim=(1, 2)), combined, local_map, global_map)
+        return AnomalyMaps(self.image_score(combined), combined, local_map, global_map)

@@ -154,7 +154,7 @@ def score_histogram(
     return fig.update_layout(
         barmode="overlay",
         title=title,
-        xaxis_title="image score (max of the map)",
+        xaxis_title="image score",
         yaxis_title="images",
         height=360,
     )

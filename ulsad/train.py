@@ -238,7 +238,7 @@ class SyntheticSet:
         maps = ValidationMaps(good_local, good_global, defect_local, defect_global, self.masks)
         w = model.config.local_weight
         weights = FUSION_WEIGHTS if w is None else (w,)
-        return fusion_table(maps, model.config.quantiles, weights)
+        return fusion_table(maps, model.config.quantiles, weights, model.image_score)
 
 
 def trainable_state(model: ULSADModel) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ the inputs are training-folder images only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,14 @@ def _normalise(maps: Tensor, q: list[float]) -> Tensor:
 
 
 def fusion_table(
-    maps: ValidationMaps, quantiles: tuple[float, float], weights=FUSION_WEIGHTS
+    maps: ValidationMaps,
+    quantiles: tuple[float, float],
+    weights=FUSION_WEIGHTS,
+    image_score: Callable[[Tensor], Tensor] = lambda maps: maps.amax(dim=(1, 2)),
 ) -> dict[float, dict[str, float]]:
-    """Synthetic-defect metrics of each fusion weight: image AUROC (defects vs held-out good),
-    pixel AUROC, AUPRO, and `score`, their mean (what is maximised)."""
+    """Synthetic-defect metrics of each fusion weight: image AUROC (defects vs held-out good,
+    scored by `image_score`, the model's rule), pixel AUROC, AUPRO, and `score`, their mean
+    (what is maximised)."""
     q_local = map_quantiles(maps.good_local, quantiles)
     local = [_normalise(maps.good_local, q_local), _normalise(maps.defect_local, q_local)]
     if maps.good_global is None or maps.defect_global is None:
@@ -68,7 +73,7 @@ def fusion_table(
             pixels.update(amap, mask)
         px = pixels.compute()
         row = {
-            "image_auroc": image_auroc(labels, fused.amax(dim=(1, 2)).numpy()),
+            "image_auroc": image_auroc(labels, image_score(fused).numpy()),
             "pixel_auroc": px["pixel_auroc"],
             "aupro": px["aupro"],
         }

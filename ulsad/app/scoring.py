@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
 
 from ulsad import ULSAD
@@ -29,6 +29,23 @@ def blend(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float)
     """The image half-blended with the heatmap of `anomaly_map` in the fixed range [vmin, vmax]."""
     heat = Image.fromarray(colorize(anomaly_map, vmin, vmax))
     return Image.blend(image.convert("RGB"), heat, 0.5)
+
+
+UNUSED_GLOBAL_TEXT = "Not used: this model scores\nwith its local map alone"
+
+
+def unused_panel(image: Image.Image) -> Image.Image:
+    """The panel of a map the model does not compute: the image dimmed to grey, with a label
+    saying so (an all-zero heatmap would read as "nothing logical is wrong")."""
+    grey = ImageOps.grayscale(image).point(lambda v: 96 + v // 4).convert("RGB")  # 96-159
+    draw, centre = ImageDraw.Draw(grey), (grey.width / 2, grey.height / 2)
+    width = draw.multiline_textbbox(centre, UNUSED_GLOBAL_TEXT, font_size=100, anchor="mm")
+    size = max(8, min(int(90 * grey.width / (width[2] - width[0])), grey.height // 8))
+    draw.multiline_text(
+        centre, UNUSED_GLOBAL_TEXT, fill=(255, 255, 255), font_size=size, anchor="mm",
+        align="center", stroke_width=size // 16, stroke_fill=(0, 0, 0),
+    )  # fmt: skip
+    return grey
 
 
 def verdict(pred: Prediction, threshold: float | None, uses_global: bool = True) -> str:
@@ -70,7 +87,11 @@ def inspect_image(model: ULSAD, image: Image.Image, threshold: float | None) -> 
         score=pred.score,
         overlay=overlay(image, pred.anomaly_map, threshold),
         local_map=blend(image, pred.local_map, vmin, vmax),
-        global_map=blend(image, pred.global_map, vmin, vmax),
+        global_map=(
+            blend(image, pred.global_map, vmin, vmax)
+            if model.uses_global_map
+            else unused_panel(image)
+        ),
         verdict=verdict(pred, threshold, model.uses_global_map),
         figure=heatmap_figure(pred.anomaly_map, threshold),
     )

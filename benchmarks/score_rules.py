@@ -1,0 +1,74 @@
+"""Image-score rules compared on trained checkpoints: how `image_score_fraction` was chosen.
+
+    python -m benchmarks.score_rules --category mpdd:../shared/data/mpdd:metal_plate \
+        --checkpoint runs/metal_plate-40 --checkpoint runs/metal_plate-41 \
+        --fractions 0,0.001,0.005,0.01,0.02,0.05,0.1,0.25 --out score_rules.jsonl
+
+A model's image score is the mean of the highest `image_score_fraction` of its combined map's
+pixels (0: the maximum). The rule changes no map, so it is compared on trained models without
+retraining. For each checkpoint the script rebuilds what training saw (the same held-out good
+images, the same synthetic defects, from the checkpoint's seed and the training folder), computes
+the combined maps once, and reports the synthetic-defect image AUROC of each fraction: what a
+choice may use. Test numbers come from `ulsad eval` of models trained with the chosen default.
+One JSON line per checkpoint is appended to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ulsad import ULSAD
+from ulsad.metrics import image_auroc
+from ulsad.model import top_mean
+from ulsad.synthetic_defects import synthetic_defects
+from ulsad.train import build_cache, cache_maps, load_images, training_data
+
+
+@torch.no_grad()
+def synthetic_maps(model: ULSAD, root: str, dataset: str, category: str) -> tuple:
+    """Combined maps (N, S, S) of the held-out good images and of their synthetic defects."""
+    cfg, device = model.config, model.device
+    _, val_items = training_data(root, category, dataset, cfg)
+    images = load_images(val_items, cfg.image_size, False, "held-out images", cfg.tile)
+    defects, _, _ = synthetic_defects(images, cfg.synthetic_defects or 64, cfg.seed)
+    maps = []
+    for inputs in (images, defects):
+        cache = build_cache(model, inputs, device, cfg.batch_size, False)
+        maps.append(model.combine(*cache_maps(model, cache, cfg.batch_size)).anomaly_map)
+    return maps[0], maps[1]
+
+
+def scores(maps: torch.Tensor, fraction: float) -> np.ndarray:
+    size = maps.shape[-1] * maps.shape[-2]
+    return top_mean(maps, max(1, round(fraction * size))).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--category", required=True, help="DATASET:ROOT:CATEGORY")
+    parser.add_argument("--checkpoint", action="append", required=True)
+    parser.add_argument("--fractions", default="0,0.001,0.005,0.01,0.02,0.05,0.1,0.25")
+    parser.add_argument("--out", default="benchmarks/reports/score_rules.jsonl")
+    args = parser.parse_args()
+    dataset, root, category = args.category.split(":")
+    fractions = [float(f) for f in args.fractions.split(",")]
+    for folder in args.checkpoint:
+        model = ULSAD.from_pretrained(folder).eval()
+        good, defect = synthetic_maps(model, root, dataset, category)
+        labels = np.r_[np.zeros(len(good)), np.ones(len(defect))]
+        row = {"checkpoint": folder, "category": category, "seed": model.config.seed,
+               "synthetic_image_auroc": {f: image_auroc(labels, np.r_[scores(good, f),
+                                                                        scores(defect, f)])
+                                         for f in fractions}}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        with Path(args.out).open("a") as file:
+            file.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
