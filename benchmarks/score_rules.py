@@ -30,7 +30,9 @@ from ulsad.train import build_cache, cache_maps, load_images, training_data
 
 
 @torch.no_grad()
-def synthetic_maps(model: ULSAD, root: str, dataset: str, category: str) -> tuple:
+def synthetic_maps(
+    model: ULSAD, root: str, dataset: str, category: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Combined maps (N, S, S) of the held-out good images and of their synthetic defects."""
     cfg, device = model.config, model.device
     _, val_items = training_data(root, category, dataset, cfg)
@@ -44,6 +46,7 @@ def synthetic_maps(model: ULSAD, root: str, dataset: str, category: str) -> tupl
 
 
 def scores(maps: torch.Tensor, fraction: float) -> np.ndarray:
+    """Image scores of (N, H, W) maps: the mean of their highest `fraction` of pixels (0: max)."""
     size = maps.shape[-1] * maps.shape[-2]
     return top_mean(maps, max(1, round(fraction * size))).numpy()
 

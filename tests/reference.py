@@ -111,7 +111,8 @@ def gaussian_kernel2d(sigma: float) -> Tensor:
 class ReferenceULSAD(nn.Module):
     """The reference `UlsadModel` inference pass: images -> (score, combined, local, global).
 
-    Maps are (B, S, S); the score is the maximum of the combined map, as anomalib computes it.
+    Maps are (B, S, S); the score is the maximum of the combined map, as anomalib computes it,
+    or, with `image_score_fraction` (ulsad's `lite`), the mean of that share of its highest pixels.
     """
 
     def __init__(self, config: ULSADConfig):
@@ -210,7 +211,10 @@ class ReferenceULSAD(nn.Module):
         map_local, map_global = self.blur(map_local)[:, 0], self.blur(map_global)[:, 0]
         w = 0.5 if cfg.local_weight is None else cfg.local_weight  # as the model, until chosen
         combined = w * map_local + (1 - w) * map_global
-        return combined.flatten(1).amax(dim=1), combined, map_local, map_global
+        # Image score: the mean of the highest `image_score_fraction` of the pixels (0: the max).
+        top = max(1, round(cfg.image_score_fraction * combined[0].numel()))
+        score = combined.flatten(1).sort(dim=1, descending=True).values[:, :top].mean(dim=1)
+        return score, combined, map_local, map_global
 
 
 def _in_order(module: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:

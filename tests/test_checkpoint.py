@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 import ulsad.checkpoint as ckpt
-from ulsad import ULSAD, ULSADError
+from ulsad import PRESETS, ULSAD, ULSADError
 from ulsad.cli import main
 
-IMAGES = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
+IMAGES = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,8 @@ def test_checkpoints_from_before_the_image_score_field_keep_the_maximum(model, t
     (tmp_path / "config.json").write_text(json.dumps(config))
     old = ULSAD.from_pretrained(tmp_path)
     assert old.config.image_score_fraction == 0.0 and old.score_pixels == 1
-    size = model.config.image_size
-    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        new_out, old_out = model(images), old(images)
+        new_out, old_out = model(IMAGES), old(IMAGES)
     torch.testing.assert_close(old_out.anomaly_map, new_out.anomaly_map)
     torch.testing.assert_close(old_out.score, old_out.anomaly_map.amax(dim=(1, 2)))
     assert (new_out.score < old_out.score).all()  # a mean of the top 2% is below the maximum

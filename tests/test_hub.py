@@ -12,10 +12,11 @@ import torch
 import yaml
 from huggingface_hub import constants
 
-from ulsad import ULSAD, ULSADError
+from ulsad import PRESETS, ULSAD, ULSADError
 from ulsad.cli import main
 
-IMAGES = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
+IMAGES = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 FILES = ("config.json", "model.safetensors")
 
 
