@@ -24,7 +24,7 @@ import torch
 
 from ulsad import ULSAD
 from ulsad.metrics import image_auroc
-from ulsad.model import top_mean
+from ulsad.model import top_count, top_mean
 from ulsad.synthetic_defects import synthetic_defects
 from ulsad.train import build_cache, cache_maps, load_images, training_data
 
@@ -47,8 +47,7 @@ def synthetic_maps(
 
 def scores(maps: torch.Tensor, fraction: float) -> np.ndarray:
     """Image scores of (N, H, W) maps: the mean of their highest `fraction` of pixels (0: max)."""
-    size = maps.shape[-1] * maps.shape[-2]
-    return top_mean(maps, max(1, round(fraction * size))).numpy()
+    return top_mean(maps, top_count(fraction, maps.shape[-1] * maps.shape[-2])).numpy()
 
 
 def main() -> None:

@@ -3,8 +3,9 @@
     python -m benchmarks.train --out benchmarks/results/train_cpu.json
 
 Per preset it times the training loop of `ulsad.train` (Adam steps on batches of 8, in the
-preset's `training_precision`, its attention loss over `attention_queries`): with the cache (backbone features and the self-attention target computed once, as
-`ulsad.train` does) and without it (backbone and attention target on every batch). The baseline,
+preset's `training_precision`, its attention loss over `attention_queries`): with the cache
+(backbone features and the self-attention target computed once, as `ulsad.train` does) and
+without it (backbone and attention target on every batch). The baseline,
 timed in the same run, is the reference implementation's training step (`tests/reference.py`,
 paper configuration, eager fp32, no cache). By default the lite preset runs full epochs and the
 slower ones a few batches, extrapolated to an epoch (`--batches`, `--full`); the one-off cost of

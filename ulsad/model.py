@@ -145,6 +145,12 @@ def gaussian_blur(maps: Tensor, kernel: Tensor) -> Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
 
 
+def top_count(fraction: float, pixels: int) -> int:
+    """How many of a map's `pixels` an image score over `fraction` of them averages (at least
+    one: 0 gives the maximum)."""
+    return max(1, round(fraction * pixels))
+
+
 def top_mean(maps: Tensor, k: int) -> Tensor:
     """Per (B, H, W) map: the mean of its `k` highest values (the maximum for k <= 1)."""
     flat = maps.flatten(1)
@@ -338,7 +344,7 @@ class ULSADModel(nn.Module):
     def score_pixels(self) -> int:
         """How many of a map's S x S pixels its image score averages (`image_score_fraction`;
         1: the maximum). A Python int, so an exported graph holds it as a constant."""
-        return max(1, round(self.config.image_score_fraction * self.config.image_size**2))
+        return top_count(self.config.image_score_fraction, self.config.image_size**2)
 
     def image_score(self, maps: Tensor) -> Tensor:
         """Image scores of combined maps (B, S, S): the mean of their `score_pixels` highest."""
