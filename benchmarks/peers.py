@@ -48,7 +48,9 @@ Measured per category and method, on the test split:
   VmHWM afterwards is the peak of model loading and scoring alone; it resets it again after
   loading. Reported: `model_mb` (RSS after loading - RSS after imports) and
   `inference_peak_mb` (peak RSS while scoring - RSS after imports: weights plus working memory,
-  the figure compared). Where the counter cannot be reset, VmHWM - RSS after imports is
+  the figure compared; `file_pages_mb` is the part of the RSS after scoring that is pages of
+  mapped files, mostly shared-library code run for the first time, not the model's own
+  memory). Where the counter cannot be reset, VmHWM - RSS after imports is
   reported instead (it then also includes transient peaks of loading), flagged in the JSON.
 
 Ratios are ulsad against each peer: accuracy differences (ulsad - peer, > 0: ulsad better),
@@ -98,6 +100,7 @@ from benchmarks.common import (
 )
 from ulsad import ULSAD
 from ulsad.backbones import lite_state_dict
+from ulsad.config import preset_config
 from ulsad.data import load_mask, load_split
 from ulsad.devices import resolve_device
 from ulsad.evaluate import evaluate
@@ -247,12 +250,14 @@ def fit_peer(
 
 
 # ----------------------------------------------------------------------------------- memory
-def rss_mb() -> float:
-    """Resident memory of this process now (MiB, Linux), or its peak where VmRSS is unknown."""
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory of this process now (MiB, Linux): `field` of /proc/self/status (VmRSS;
+    RssAnon: the process's own allocations; RssFile: pages of mapped files, mostly shared-library
+    code run for the first time), or the peak where it is unknown."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 2**10
     return peak_rss_mb()
 
@@ -274,7 +279,7 @@ def memory_probe(kind: str, path: str, args: argparse.Namespace) -> None:
     paths = [Path(p) for p in json.loads(Path(args.probe_images).read_text())]
     pipeline = None if kind == "ulsad" else AnomalibInput(args.peer_normalization)
     reset = reset_peak_rss()
-    base = rss_mb()
+    base, base_file = rss_mb(), rss_mb("RssFile")
     if kind == "ulsad":
         model = ULSAD.from_pretrained(path).to(device)
         predictor: Any = model
@@ -293,6 +298,7 @@ def memory_probe(kind: str, path: str, args: argparse.Namespace) -> None:
         predictor.predict([p], batch_size=1)
     result = {"rss_after_import_mb": base, "model_mb": loaded - base,
               "inference_peak_mb": peak_rss_mb() - base, "peak_counter_reset": reset,
+              "file_pages_mb": rss_mb("RssFile") - base_file,
               "images_scored": len(paths)}  # fmt: skip
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -452,7 +458,8 @@ COLUMNS = [
     ("method", "method", "s"), ("image_auroc", "image AUROC", ".3f"),
     ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"), ("fit_s", "fit s", ".1f"),
     ("latency_ms", "batch-1 ms", ".1f"), ("inference_peak_mb", "infer. MiB", ".0f"),
-    ("model_mb", "model MiB", ".0f"), ("train_images", "train img", "d"),
+    ("file_pages_mb", "file pages MiB", ".0f"), ("model_mb", "model MiB", ".0f"),
+    ("train_images", "train img", "d"),
 ]  # fmt: skip
 RATIO_COLUMNS = [
     ("peer", "ulsad vs", "s"), ("image_auroc_diff", "d image AUROC", "+.3f"),
@@ -483,11 +490,14 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu')} ({m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch "
         f"threads), device {m.get('device')}; ulsad {m.get('ulsad')} (commit "
         f"{m.get('git_commit', '?')}), anomalib {report['anomalib']}, torch {m.get('torch')}.",
-        f"Same images, same `{BACKBONE}` ImageNet weights (blocks.2 + blocks.4), {IMAGE_SIZE}x"
-        f"{IMAGE_SIZE} inputs. Peer inputs: {report['peer_preprocessing']}.",
+        f"Same images, same `{BACKBONE}` ImageNet weights (blocks.2 + blocks.4); each method "
+        f"at its default input size (ulsad lite {preset_config('lite').image_size} px, the peers "
+        f"{IMAGE_SIZE} px). Peer inputs: {report['peer_preprocessing']}.",
         "Latency: median batch-1 forward pass over the test images, methods interleaved. Memory: "
         "peak RSS of a fresh process loading the model and scoring "
-        f"{s['memory_images']} test images, minus its RSS after imports. Ratios: accuracy "
+        f"{s['memory_images']} test images, minus its RSS after imports (file pages: the part "
+        "of the RSS after scoring that is mapped files, mostly torch's library code run for the "
+        "first time). Ratios: accuracy "
         "ulsad - peer; latency, memory and fit time peer / ulsad.",
     ]
     for cat in report["categories"]:

@@ -34,6 +34,23 @@ def test_step_budget_rounds_up_to_whole_epochs(n_train, batch_size, steps, epoch
     assert config.training_epochs(n_train) == epochs
 
 
+@pytest.mark.parametrize(
+    ("n_train", "min_epochs", "epochs"),
+    [
+        (49, 5, 34),  # 12 steps an epoch: 400 steps are 34 epochs, the floor does not bind
+        (663, 5, 5),  # 166 an epoch: 400 steps would be 3 epochs (498 steps); 5 are 830
+        (663, 1, 3),
+        (5000, 5, 5),
+    ],
+)
+def test_step_budget_trains_at_least_min_epochs(n_train, min_epochs, epochs):
+    config = ULSADConfig(epochs=None, steps=400, batch_size=4, min_epochs=min_epochs)
+    assert config.training_epochs(n_train) == epochs
+    assert ULSADConfig(epochs=2, min_epochs=5).training_epochs(n_train) == 2  # explicit epochs
+    with pytest.raises(ULSADError, match="min_epochs"):
+        ULSADConfig(min_epochs=0)
+
+
 def test_explicit_epochs_override_the_step_budget():
     config = ULSADConfig(epochs=7, steps=100_000)
     assert config.training_epochs(10) == config.training_epochs(10_000) == 7

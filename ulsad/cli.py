@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mvtec_ad", choices=datasets, help="on-disk layout")
     p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
     p.add_argument("--steps", type=positive_int,
-                   help="optimiser steps, rounded up to whole epochs (default: the preset's)")  # fmt: skip
+                   help="optimiser steps, rounded up to whole epochs and to at least the "
+                        "preset's min_epochs (default: the preset's)")  # fmt: skip
     p.add_argument("--epochs", type=positive_int,
                    help="train this many epochs instead of a step budget")  # fmt: skip
     p.add_argument("--batch-size", type=training_batch_size, help="at least 2 (BatchNorm)")
