@@ -250,16 +250,20 @@ def fit_peer(
 
 
 # ----------------------------------------------------------------------------------- memory
-def rss_mb(field: str = "VmRSS") -> float:
-    """Resident memory of this process now (MiB, Linux): `field` of /proc/self/status (VmRSS;
-    RssAnon: the process's own allocations; RssFile: pages of mapped files, mostly shared-library
-    code run for the first time), or the peak where it is unknown."""
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB (Linux), None where there is none."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 2**10
-    return peak_rss_mb()
+    return None
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB, Linux), or its peak where VmRSS is unknown."""
+    rss = status_mb("VmRSS")
+    return peak_rss_mb() if rss is None else rss
 
 
 def reset_peak_rss() -> bool:
@@ -279,7 +283,7 @@ def memory_probe(kind: str, path: str, args: argparse.Namespace) -> None:
     paths = [Path(p) for p in json.loads(Path(args.probe_images).read_text())]
     pipeline = None if kind == "ulsad" else AnomalibInput(args.peer_normalization)
     reset = reset_peak_rss()
-    base, base_file = rss_mb(), rss_mb("RssFile")
+    base, base_file = rss_mb(), status_mb("RssFile")  # RssFile: pages of mapped files
     if kind == "ulsad":
         model = ULSAD.from_pretrained(path).to(device)
         predictor: Any = model
@@ -296,9 +300,10 @@ def memory_probe(kind: str, path: str, args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     for p in paths:
         predictor.predict([p], batch_size=1)
+    file_pages = status_mb("RssFile")
     result = {"rss_after_import_mb": base, "model_mb": loaded - base,
               "inference_peak_mb": peak_rss_mb() - base, "peak_counter_reset": reset,
-              "file_pages_mb": rss_mb("RssFile") - base_file,
+              "file_pages_mb": None if file_pages is None else file_pages - base_file,
               "images_scored": len(paths)}  # fmt: skip
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -1,0 +1,34 @@
+"""`benchmarks/peers.py`'s memory probe, which needs no anomalib for ulsad's own model: what it
+reports adds up (the peer comparison itself needs anomalib, an optional extra)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import REPOSITORY
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/status").is_file(), reason="the probe's file pages are read from /proc"
+)
+
+
+def test_memory_probe_splits_the_peak_into_model_and_file_pages(trained_checkpoint, synthetic_root,
+                                                                 tmp_path):  # fmt: skip
+    images = sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))[:2]
+    listed = tmp_path / "images.json"
+    listed.write_text(json.dumps([str(p) for p in images]))
+    command = [sys.executable, "-m", "benchmarks.peers", "--memory-probe", "ulsad",
+               str(trained_checkpoint), "--probe-images", str(listed), "--threads", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["images_scored"] == 2 and report["peak_counter_reset"]
+    # The lite model's float32 weights alone are 19.5 MB; the peak while scoring starts from
+    # the memory after loading; torch's code pages are part of that peak, never all of it.
+    assert report["model_mb"] > 19
+    assert report["inference_peak_mb"] >= report["model_mb"]
+    assert 0 < report["file_pages_mb"] < report["inference_peak_mb"]
