@@ -370,7 +370,8 @@ PRESETS: dict[str, ULSADConfig] = {
     # - at least 5 epochs (`min_epochs`): 400 steps are 3 epochs of commutator's 663 tiles, and
     #   5 (830 steps) raised its synthetic-defect score in all 3 seeds (+0.003 to +0.008) for
     #   1.5x the training time; sets of up to 320 inputs already get 5 or more (README,
-    #   seventh round). More steps for every set (500) and a per-step cosine decay did not help.
+    #   seventh round); 8 epochs added 0.0015, within noise. More steps for every set (500)
+    #   and a per-step cosine decay did not help.
     "lite": ULSADConfig(
         backbone="tf_efficientnet_lite0",
         image_size=320,
