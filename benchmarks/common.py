@@ -79,15 +79,24 @@ def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> floa
     return 2 * n**3 / median(times) / 1e9
 
 
+def status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory field of /proc/<pid>/status in MiB (Linux: VmRSS, VmHWM, RssFile...); None where
+    there is none."""
+    status = Path(f"/proc/{pid}/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**10
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MiB).
 
     Linux: VmHWM, which starts afresh at exec (ru_maxrss would include the parent's peak)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
+    peak_mb = status_mb("VmHWM")
+    if peak_mb is not None:
+        return peak_mb
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

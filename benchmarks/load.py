@@ -21,10 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPOSITORY, write_json
+from benchmarks.common import REPOSITORY, status_mb, write_json
 
 ROOT = REPOSITORY
 
@@ -33,27 +32,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM of process `pid` (Linux), MiB."""
-    status = Path(f"/proc/{pid}/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**10
-    return None
-
-
-def rss_mb(pid: int) -> float | None:
-    status = Path(f"/proc/{pid}/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**10
-    return None
 
 
 def start_app(port: int, threads: int) -> subprocess.Popen:
@@ -129,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_samples: list[float] = []
     try:
         startup_s = wait_until_up(url, process, args.startup_timeout)
-        idle_rss = rss_mb(process.pid)
+        idle_rss = status_mb("VmRSS", process.pid)
         deadline = time.perf_counter() + args.seconds
 
         def client_loop(index: int) -> None:
@@ -149,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def sample_memory() -> None:
             while time.perf_counter() < deadline and process.poll() is None:
-                value = rss_mb(process.pid)
+                value = status_mb("VmRSS", process.pid)
                 if value is not None:
                     rss_samples.append(value)
                 time.sleep(0.5)
@@ -163,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.join(timeout=args.seconds + 120)
         wall_s = time.perf_counter() - started
-        peak = peak_rss_mb(process.pid)
+        peak = status_mb("VmHWM", process.pid)
     finally:
         process.terminate()
         try:

@@ -95,6 +95,7 @@ from benchmarks.common import (
     median,
     peak_rss_mb,
     python_module,
+    status_mb,
     table,
     write_json,
 )
@@ -250,16 +251,6 @@ def fit_peer(
 
 
 # ----------------------------------------------------------------------------------- memory
-def status_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status in MiB (Linux), None where there is none."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**10
-    return None
-
-
 def rss_mb() -> float:
     """Resident memory of this process now (MiB, Linux), or its peak where VmRSS is unknown."""
     rss = status_mb("VmRSS")
