@@ -8,6 +8,8 @@ import json
 import pytest
 
 from ulsad import ULSAD
+from ulsad.checkpoint import read_config
+from ulsad.config import preset_config
 from ulsad.data import load_mask, load_split
 from ulsad.evaluate import evaluate
 from ulsad.hub import WEIGHTS_DIR, available_checkpoints, read_manifest
@@ -30,8 +32,9 @@ def test_manifest_lists_embedded_checkpoints_with_cards():
         assert "backbone_weights" in json.loads((folder / "config.json").read_text())  # compact
         assert "ulsad train" in (folder / "README.md").read_text()
         assert entry["hub_repo_id"].count("/") == 1
-        config = json.loads((folder / "config.json").read_text())
-        assert config["preset"] == "lite", name
+        config, _ = read_config(folder / "config.json", name)
+        # `ulsad train` defaults: every field of the lite recipe but those training chooses
+        assert config.preset == "lite" and preset_config("lite").matches(config), name
 
 
 @pytest.mark.realdata
