@@ -175,3 +175,20 @@ def test_failed_save_leaves_previous_checkpoint_intact(model, tmp_path, monkeypa
         model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_loading_and_scoring_import_no_scikit_learn():
+    """A process that only scores never imports scikit-learn (image metrics import it on first
+    use): it added about 90 MB to the resident memory of such a process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from ulsad import ULSAD\n"
+        "model = ULSAD.from_pretrained('metal_plate')\n"
+        "score = model.predict(np.full((64, 96, 3), 128, dtype=np.uint8)).score\n"
+        "print(np.isfinite(score), 'sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
