@@ -109,6 +109,18 @@ def test_inspect_returns_the_models_score_and_full_size_maps(
     assert plot["type"] == "plotly" and '"type":"heatmap"' in plot["plot"].replace(" ", "")
 
 
+def test_identical_inspections_get_files_of_their_own(served, test_images, tmp_path_factory):
+    """gradio named each output file by the hash of its bytes and rewrote it on every response,
+    so two clients inspecting one image at once shared files and a download could break midway
+    (4 of 196 requests under load). Same image twice: same pixels, separate files."""
+    app = client(served, tmp_path_factory)
+    first, second = (app.predict(handle_file(test_images["good"][0]), api_name="/inspect")
+                     for _ in range(2))  # fmt: skip
+    for a, b in zip(first[1:4], second[1:4], strict=True):  # overlay, local map, global map
+        assert a != b
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 def test_a_global_map_the_model_does_not_use_is_shown_as_unused(trained_checkpoint, test_images):
     """Local-only (local_weight 1.0): a grey panel that says so, not an all-zero heatmap that would
     read as "no logical defect"; with weight on the global map, its heatmap in colour."""

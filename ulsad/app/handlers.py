@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import secrets
 import shutil
 import tempfile
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from ulsad import ULSAD
 from ulsad.app import inputs
@@ -83,6 +85,18 @@ def chosen_threshold(model: ULSAD, threshold: Any) -> float | None:
     return inputs.number(threshold, "Threshold", -1e6, 1e6)
 
 
+def own_file(image: Image.Image) -> Image.Image:
+    """`image` with a random PNG text chunk, so that gradio caches it in a file of its own.
+
+    gradio names a PNG output's cache file by the hash of its bytes and rewrites that file on every
+    response. Two requests with identical outputs (one example image inspected by two clients at
+    once) shared the file, and one rewrote it while the other downloaded it: the download broke (4 of
+    196 requests, 3 clients on one image, `benchmarks/load.py`'s setup). The token is random; it
+    says nothing about the server."""
+    image.info["response"] = secrets.token_hex(8)
+    return image
+
+
 @friendly
 def inspect(image, checkpoint, threshold, custom_checkpoint, session: Session):
     """One image -> score, overlay, local map, global map, verdict, interactive heatmap."""
@@ -92,7 +106,8 @@ def inspect(image, checkpoint, threshold, custom_checkpoint, session: Session):
         gr.Info(escape(notice))
     result = inspect_image(model, loaded, chosen_threshold(model, threshold))
     text = result.verdict + (f" ({notice})" if notice else "")
-    return result.score, result.overlay, result.local_map, result.global_map, text, result.figure
+    panels = [own_file(p) for p in (result.overlay, result.local_map, result.global_map)]
+    return result.score, *panels, text, result.figure
 
 
 def inspect_again(image, checkpoint, threshold, custom_checkpoint, session: Session):
