@@ -46,17 +46,17 @@ def test_step_budget_rounds_up_to_whole_epochs(n_train, batch_size, steps, epoch
 def test_step_budget_trains_at_least_min_epochs(n_train, min_epochs, epochs):
     config = ULSADConfig(epochs=None, steps=400, batch_size=4, min_epochs=min_epochs)
     assert config.training_epochs(n_train) == epochs
-    assert ULSADConfig(epochs=2, min_epochs=5).training_epochs(n_train) == 2  # explicit epochs
-    with pytest.raises(ULSADError, match="min_epochs"):
-        ULSADConfig(min_epochs=0)
 
 
 def test_explicit_epochs_override_the_step_budget():
     config = ULSADConfig(epochs=7, steps=100_000)
     assert config.training_epochs(10) == config.training_epochs(10_000) == 7
+    assert ULSADConfig(epochs=2, min_epochs=5).training_epochs(663) == 2  # and the floor
     assert ULSAD.from_preset("paper", pretrained_backbone=False).config.epochs == 200
     with pytest.raises(ULSADError, match="steps"):
         ULSADConfig(epochs=None, steps=0)
+    with pytest.raises(ULSADError, match="min_epochs"):
+        ULSADConfig(min_epochs=0)
 
 
 # ----------------------------------------------------------------------------- synthetic defects
