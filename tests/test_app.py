@@ -121,6 +121,17 @@ def test_identical_inspections_get_files_of_their_own(served, test_images, tmp_p
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
+def test_identical_batches_get_gallery_files_of_their_own(served, test_images, tmp_path_factory):
+    """The Batch gallery's WebP thumbnails go through the same content-hashed cache: the same
+    upload twice gives the same pixels in separate files."""
+    app = client(served, tmp_path_factory)
+    upload = [handle_file(p) for p in test_images["defect"][:2]]
+    first, second = (app.predict(upload, worst_n=2, api_name="/batch")[2] for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        assert a["image"] != b["image"] and a["caption"] == b["caption"]
+        assert np.array_equal(np.asarray(Image.open(a["image"])), np.asarray(Image.open(b["image"])))
+
+
 def test_a_global_map_the_model_does_not_use_is_shown_as_unused(trained_checkpoint, test_images):
     """Local-only (local_weight 1.0): a grey panel that says so, not an all-zero heatmap that would
     read as "no logical defect"; with weight on the global map, its heatmap in colour."""

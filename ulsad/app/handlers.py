@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 CACHE = ModelCache(maxsize=4)
 FITTED_CHOICE = ("Your fitted model (this session)", FITTED)
 PROGRESS = gr.Progress()  # gradio finds progress bars by this default value
+EXIF_IMAGE_UNIQUE_ID = 0xA420
 
 
 def escape(text: str) -> str:
@@ -86,14 +87,18 @@ def chosen_threshold(model: ULSAD, threshold: Any) -> float | None:
 
 
 def own_file(image: Image.Image) -> Image.Image:
-    """`image` with a random PNG text chunk, so that gradio caches it in a file of its own.
+    """`image` with a random token in its metadata, so that gradio caches it in a file of its own.
 
-    gradio names a PNG output's cache file by the hash of its bytes and rewrites that file on every
-    response. Two requests with identical outputs (one example image inspected by two clients at
-    once) shared the file, and one rewrote it while the other downloaded it: the download broke (4 of
-    196 requests, 3 clients on one image, `benchmarks/load.py`'s setup). The token is random; it
-    says nothing about the server."""
-    image.info["response"] = secrets.token_hex(8)
+    gradio names an output image's cache file by the hash of its bytes and rewrites that file on
+    every response. Two requests with identical outputs (one example image inspected by two clients
+    at once) shared the file, and one rewrote it while the other downloaded it: the download broke
+    (4 of 196 requests, 3 clients on one image, `benchmarks/load.py`'s setup). The token goes into
+    a PNG text chunk (Inspect's panels) and the EXIF ImageUniqueID tag (the Batch gallery's WebP
+    thumbnails). It is random and says nothing about the server."""
+    token = secrets.token_hex(8)
+    exif = Image.Exif()
+    exif[EXIF_IMAGE_UNIQUE_ID] = token
+    image.info.update(response=token, exif=exif.tobytes())
     return image
 
 
@@ -144,7 +149,8 @@ def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, pro
     table = {"headers": headers, "data": [[row[key] for key in headers] for row in result.rows]}
     csv_path = write_csv(result.rows, session.workdir / f"scores-{time.time_ns()}.csv", threshold)
     histogram = histogram_figure([row["score"] for row in result.rows], threshold)
-    return table, histogram, result.worst, str(csv_path)
+    worst = [(own_file(image), caption) for image, caption in result.worst]
+    return table, histogram, worst, str(csv_path)
 
 
 @friendly
