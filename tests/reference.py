@@ -132,10 +132,10 @@ class ReferenceULSAD(nn.Module):
         self.register_buffer("quantiles", torch.full((2, 2), float("nan")))
         self.register_buffer("blur_kernel", gaussian_kernel2d(config.blur_sigma))
 
-    def neighbourhood_mean(self, x: Tensor) -> Tensor:
-        """Mean over the k x k neighbours inside the map (`feature_aggregation`), as a box sum
-        divided by the number of neighbours that exist."""
-        k = self.config.feature_aggregation
+    @staticmethod
+    def neighbourhood_mean(x: Tensor, k: int) -> Tensor:
+        """Mean over the k x k neighbours inside the map (`feature_aggregation`, per map), as a box
+        sum divided by the number of neighbours that exist."""
         if k == 1:
             return x
         box = torch.ones(x.shape[1], 1, k, k, dtype=x.dtype, device=x.device)
@@ -144,7 +144,8 @@ class ReferenceULSAD(nn.Module):
         return sums / counts
 
     def pretrain(self, images: Tensor) -> Tensor:
-        x1, x2 = (self.neighbourhood_mean(x) for x in self.backbone(images))
+        maps, sizes = self.backbone(images), self.config.feature_aggregation
+        x1, x2 = (self.neighbourhood_mean(x, k) for x, k in zip(maps, sizes, strict=True))
         b, _, h, w = x1.shape
         x2 = F.interpolate(x2, size=(h, w), mode="bilinear", align_corners=False)
         features = torch.cat([x1, x2], dim=1)

@@ -129,7 +129,9 @@ def test_identical_batches_get_gallery_files_of_their_own(served, test_images, t
     first, second = (app.predict(upload, worst_n=2, api_name="/batch")[2] for _ in range(2))
     for a, b in zip(first, second, strict=True):
         assert a["image"] != b["image"] and a["caption"] == b["caption"]
-        assert np.array_equal(np.asarray(Image.open(a["image"])), np.asarray(Image.open(b["image"])))
+        assert np.array_equal(
+            np.asarray(Image.open(a["image"])), np.asarray(Image.open(b["image"]))
+        )
 
 
 def test_a_global_map_the_model_does_not_use_is_shown_as_unused(trained_checkpoint, test_images):

@@ -53,6 +53,10 @@ BAD_VALUES = [
     ("training_precision", "float16", "training_precision must be 'auto'"),
     ("image_score_fraction", 1.0, "image_score_fraction must be in"),
     ("image_score_fraction", -0.01, "image_score_fraction must be in"),
+    ("feature_aggregation", (3,), "feature_aggregation must be of type"),
+    ("feature_aggregation", True, "feature_aggregation must be of type"),
+    ("feature_aggregation", 0, "feature_aggregation must be in"),
+    ("feature_aggregation", (3, 2), "feature_aggregation must be odd sizes"),
 ]
 
 
@@ -80,6 +84,9 @@ def test_valid_values_pass_and_json_lists_become_tuples():
     config = ULSADConfig.from_dict({"layers": [1, 2], "quantiles": [0.8, 0.99], "blur_sigma": 4})
     assert config.layers == (1, 2) and config.quantiles == (0.8, 0.99)
     assert config.blur_sigma == 4
+    # One size for both maps, as checkpoints before per-map sizes wrote it; a JSON list per map.
+    assert ULSADConfig.from_dict({"feature_aggregation": 3}).feature_aggregation == (3, 3)
+    assert ULSADConfig.from_dict({"feature_aggregation": [3, 1]}).feature_aggregation == (3, 1)
     for preset in PRESETS.values():
         assert ULSADConfig.from_dict(json.loads(preset.to_json())) == preset
 

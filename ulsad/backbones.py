@@ -136,8 +136,9 @@ def channel_pool_matrix(in_channels: int, out_channels: int) -> Tensor:
 class FeatureExtractor(nn.Module):
     """Frozen backbone -> (B, C, S/8, S/8) features: stride-16 map upsampled, concatenated, pooled.
 
-    `aggregation` > 1 first averages each map over `aggregation` x `aggregation` neighbourhoods
-    (PatchCore's locally aware patch features): each position then describes its surroundings.
+    `aggregation` (one size per map, fine then coarse) > 1 first averages a map over k x k
+    neighbourhoods (PatchCore's locally aware patch features): each position then describes its
+    surroundings.
     `fold` runs a copy of the body with its BatchNorms folded (`fold_batchnorm`), at the cost of
     the body's memory again.
     """
@@ -148,11 +149,11 @@ class FeatureExtractor(nn.Module):
         layers: tuple[int, ...],
         channels: int,
         pretrained: bool,
-        aggregation: int = 1,
+        aggregation: tuple[int, int] = (1, 1),
         fold: bool = False,
     ):
         super().__init__()
-        self.aggregation = aggregation
+        self.aggregation = tuple(aggregation)
         self.body = create_backbone(name, layers, pretrained)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -215,13 +216,10 @@ class FeatureExtractor(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, normalized_images: Tensor) -> Tensor:
-        fine, coarse = self.folded_body()(normalized_images)
-        if self.aggregation > 1:
-            k = self.aggregation
-            fine, coarse = (
-                F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
-                for m in (fine, coarse)
-            )
+        fine, coarse = (
+            F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else m
+            for m, k in zip(self.folded_body()(normalized_images), self.aggregation, strict=True)
+        )
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         features = torch.cat([fine, coarse], dim=1)
         if self.identity_pool:

@@ -235,7 +235,9 @@ class SyntheticSet:
         """Synthetic-defect metrics per candidate fusion weight (the configured one, if fixed)."""
         good_local, good_global = cache_maps(model, good, batch_size)
         defect_local, defect_global = cache_maps(model, self.cache, batch_size)
-        maps = ValidationMaps(good_local, good_global, defect_local, defect_global, self.masks)
+        maps = ValidationMaps(
+            good_local, good_global, defect_local, defect_global, self.masks, self.kinds
+        )
         w = model.config.local_weight
         weights = FUSION_WEIGHTS if w is None else (w,)
         return fusion_table(maps, model.config.quantiles, weights, model.image_score)
@@ -396,7 +398,8 @@ class EpochChoice:
                           "table": json.dumps(table), "model": trainable_state(model)}  # fmt: skip
         else:
             self.state["top"] = top
-        return {"local_weight": weight, **table[weight]}
+        local_only = {"local_only_score": table[1.0]["score"]} if 1.0 in table else {}
+        return {"local_weight": weight, **table[weight], **local_only}
 
     def apply(self, model: ULSADModel) -> None:
         """Load the kept epoch's weights and its fusion weight into `model`."""
@@ -445,14 +448,22 @@ def run_epoch(model: ULSADModel, optimizer, sets: TrainingSets, epoch: int,
     return total / sum(len(b) for b in batches)
 
 
+def global_map_adds_nothing(point: dict) -> bool:
+    """Whether a validation point's fusion (`EpochChoice.consider`'s record) gave the global map
+    no weight, or a best score within `STOP_TOLERANCE` (noise) of the local map alone's."""
+    if point["local_weight"] == 1.0:
+        return True
+    return point["score"] - point.get("local_only_score", -math.inf) < STOP_TOLERANCE
+
+
 def pruned_after(config: ULSADConfig, history: list[dict]) -> int | None:
     """The epoch after which the global branch stops training (`prune_global`): the first
-    validation point that gave it no weight; None while it trains. Read from the history, so a
-    resumed run prunes where the interrupted one did."""
+    validation point where the global map adds nothing (`global_map_adds_nothing`); None while
+    it trains. Read from the history, so a resumed run prunes where the interrupted one did."""
     if not (config.prune_global and config.global_branch):
         return None
-    chosen = (h["epoch"] for h in history if h.get("synthetic", {}).get("local_weight") == 1.0)
-    return next(chosen, None)
+    points = (h for h in history if "synthetic" in h)
+    return next((h["epoch"] for h in points if global_map_adds_nothing(h["synthetic"])), None)
 
 
 def train(
