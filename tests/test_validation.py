@@ -172,6 +172,11 @@ def test_each_defect_kind_counts_the_same_whatever_its_number_of_regions():
     assert per_kind[0]["aupro"] > 0.95 and per_kind[1]["aupro"] < 0.4
     maps.kinds = None  # pooled: 98 island regions against 2 blocks
     assert fusion_table(maps, (0.9, 0.995))[1.0]["aupro"] > row["aupro"] + 0.25
+    # A kind whose masks came out empty has no pixel metrics: left out, not an error.
+    empty = ValidationMaps(good, None, torch.cat([defect, good[:1]]), None,
+                           torch.cat([masks, torch.zeros_like(masks[:1])]),
+                           ["islands"] * 2 + ["blocks"] * 2 + ["empty"])  # fmt: skip
+    assert fusion_table(empty, (0.9, 0.995))[1.0] == pytest.approx(row)
 
 
 def test_image_score_rule_is_the_models_in_validation_too():

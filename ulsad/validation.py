@@ -91,7 +91,8 @@ def fusion_table(
     kinds = maps.kinds or [""] * len(maps.defect_local)
     groups = [
         torch.tensor([i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))
-    ]
+    ]  # a kind whose masks are all empty has no pixel metrics: left out
+    groups = [index for index in groups if maps.masks[index].any()] or groups
     table = {}
     for w in weights:
         good, defect = (w * lo + (1 - w) * gl for lo, gl in zip(local, glob, strict=True))
