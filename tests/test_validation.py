@@ -261,10 +261,13 @@ def test_pruning_starts_at_the_first_validation_point_that_drops_the_global_bran
     assert pruned_after(config.replace(prune_global=False), history) is None
     no_global = config.replace(global_branch=False, attention_loss=False)
     assert pruned_after(no_global, history) is None  # nothing to prune
-    # A weight on the global map that scores within noise (0.005) of the local map alone: pruned.
+    # A weight on the global map that ties with the local map alone (within 0.001): pruned. A
+    # small but real gain (the layout set's 0.0049 at one point) keeps the global branch training.
     near = {"local_weight": 0.75, "score": 0.9642, "local_only_score": 0.9640}
+    small = {**near, "local_only_score": 0.9593}
     far = {**near, "local_only_score": 0.9500}
     assert pruned_after(config, [{"epoch": 2, "synthetic": near}]) == 2
+    assert pruned_after(config, [{"epoch": 2, "synthetic": small}]) is None
     assert pruned_after(config, [{"epoch": 2, "synthetic": far}]) is None
 
 

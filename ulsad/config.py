@@ -74,8 +74,8 @@ class ULSADConfig:
     synthetic_defects: int = 0
     validation_points: int = 1
     # Stop training the global branch once a validation point gives it no weight (local_weight
-    # 1.0), or a weight that scores within the 0.005 noise level of the local map alone: more
-    # than half of every later step would train a map that adds nothing measurable. Its
+    # 1.0), or a weight that scores within 0.001 (a tie) of the local map alone: more than half
+    # of every later step would train a map that adds nothing measurable. Its
     # autoencoder is then frozen; later validation points still compare every weight. Without a
     # global branch or synthetic defects there is nothing to prune.
     prune_global: bool = False
