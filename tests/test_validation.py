@@ -13,7 +13,7 @@ import torch
 from ulsad import ULSAD, ULSADConfig, ULSADError
 from ulsad.data import make_synthetic_dataset
 from ulsad.model import top_mean
-from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, perlin_noise, synthetic_defects
+from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
 from ulsad.train import pruned_after
 from ulsad.validation import (
     ValidationMaps,
@@ -107,6 +107,76 @@ def test_missing_part_is_painted_with_the_background_colour(good_images):
     assert "missing" in LOGICAL_KINDS
     with pytest.raises(ValueError, match="unknown"):
         synthetic_defects(good_images, 1, seed=0, kinds=("nonsense",))
+
+
+@pytest.fixture(scope="module")
+def parts_scene() -> torch.Tensor:
+    """Four 64 x 64 scenes of two separate discs (radius 6) on a noisy grey ground (uint8)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = 120 + rng.normal(0, 4, size=(4, 64, 64, 3))
+    colours = ([200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40])
+    for image, colour in zip(images, colours, strict=True):
+        for x in (16, 48):
+            image[(yy - 32) ** 2 + (xx - x) ** 2 <= 36] = colour
+    return torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).numpy().astype(np.float32)
+
+
+def test_parts_are_whole_separate_parts_on_a_plain_ground(parts_scene, good_images):
+    found = parts(_hwc(parts_scene[0]))
+    assert len(found) == 2
+    found.sort(key=lambda part: np.nonzero(part)[1].mean())
+    for part, x in zip(found, (16, 48), strict=True):
+        ys, xs = np.nonzero(part)  # the whole disc and its 2-pixel rim, nothing else
+        assert abs(xs.mean() - x) < 0.5 and abs(ys.mean() - 32) < 0.5
+        assert xs.max() - xs.min() == 12 + 4
+    # An object that fills a fifth of the frame on a textured ground has no parts.
+    assert parts(_hwc(good_images[0])) == []
+    assert parts(np.full((64, 64, 3), 100, np.float32)) == []
+
+
+def test_logical_defects_take_whole_parts_in_a_scene_of_parts(parts_scene):
+    count = 3 * len(LOGICAL_KINDS) * len(parts_scene)
+    images, masks, kinds = synthetic_defects(parts_scene, count, seed=5, kinds=LOGICAL_KINDS)
+    sources = parts_scene.repeat(count // len(parts_scene), 1, 1, 1)
+    ground = torch.tensor([120.0, 120.0, 120.0])
+    for image, mask, source, kind in zip(images, masks, sources, kinds, strict=True):
+        before, after = parts(_hwc(source)), parts(_hwc(image))
+        changed = (image != source).any(dim=0)
+        assert not (changed & ~mask).any(), kind
+        expected = {"missing": 1, "duplicate": 3, "moved": 2}[kind]
+        assert len(after) == expected, kind
+        if kind in ("missing", "moved"):  # a whole part became ground, with the ground's noise
+            gone = next(m for m in before if (m & mask.numpy()).any())
+            region = image.permute(1, 2, 0)[torch.from_numpy(gone)].float()
+            assert (region.mean(0) - ground).abs().max() < 3
+            assert 2 < region.std(0).mean() < 7
+        if kind in ("duplicate", "moved"):  # the new part is a copy of an old one, on free ground
+            new = next(m for m in after if not any((m & b).any() for b in before))
+            assert mask.numpy()[new].all()
+            colours = {tuple(_hwc(source)[m].mean(0).round(-1)) for m in before}
+            assert tuple(_hwc(image)[new].mean(0).round(-1)) in colours
+
+
+def test_a_lone_part_is_never_moved_whole(parts_scene):
+    """A lone part's place may vary among good images, so moving it whole is no defect."""
+
+    def crop(mask: np.ndarray) -> np.ndarray:
+        rows, cols = np.nonzero(mask)
+        return mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+    lone = parts_scene.clone()
+    lone[:, :, 20:45, 36:61] = lone[:, :, 0:25, 36:61]  # ground over the right disc
+    (disc,) = parts(_hwc(lone[0]))
+    images, _, _ = synthetic_defects(lone, 16, seed=0, kinds=("moved",))
+    for image in images:
+        after = parts(_hwc(image))
+        whole_move = len(after) == 1 and not (after[0] & disc).any()
+        assert not (whole_move and np.array_equal(crop(after[0]), crop(disc)))
 
 
 def test_perlin_noise_is_smooth_and_bounded():
@@ -358,41 +428,59 @@ def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> N
             Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{i:03d}_mask.png")
 
 
-@pytest.mark.slow
-def test_global_branch_finds_logical_defects_that_the_local_branch_misses(tmp_path):
-    """Same training, same budget: the full model, as the defaults train it, separates a wrong
-    colour pairing and a missing part from good images; the local-only model
-    (`global_branch=False`) does not, because every patch of a defective image is normal. The
-    synthetic-defect validation gives the global map weight here and keeps its branch training.
-
-    (Measured: the defaults choose the local weight 0.75 and score 0.90 image AUROC (mismatched
-    0.80, missing 1.00); the local-only model 0.41 (0.35, 0.47); the paper's 0.5/0.5 fusion 0.95.
-    With pruning at the 0.005 noise level instead of a tie, the branch froze at mid-training and
-    the defaults scored 0.84. This holds for the default seed, 40: with seed 41 the defaults
-    score 0.81, and with seed 42 the validation chooses the local map alone (0.34). The
-    synthetic defects do not yet see logical defects reliably; see the README.)"""
+def _layout_aurocs(root: Path, out_dir: Path, **overrides) -> dict[str, float]:
+    """Test image AUROC on the layout set (all, and per defect kind) of a `lite` model trained
+    with 200 steps and `overrides`."""
     from ulsad.data import load_split
     from ulsad.metrics import image_auroc
 
-    _write_layout_set(tmp_path, n_train=40, n_good=9, n_defect=18)
-    test = load_split("mvtec_ad", tmp_path, "layout", "test")
+    test = load_split("mvtec_ad", root, "layout", "test")
     paths, labels = [s.path for s in test], np.array([s.label for s in test])
     kinds = np.array([s.defect for s in test])
-    aurocs = {}
-    for name, overrides in {
-        "full": {},
-        "local": {"global_branch": False, "attention_loss": False},
-    }.items():
-        model = ULSAD.from_preset("lite", steps=200, **overrides)
-        model.fit(tmp_path, category="layout", progress=False, out_dir=tmp_path / name)
-        scores = np.array([p.score for p in model.predict(paths)])
-        aurocs[name] = {"all": image_auroc(labels, scores)}
-        for kind in LAYOUT_KINDS:
-            keep = (kinds == kind) | (labels == 0)
-            aurocs[name][kind] = image_auroc(labels[keep], scores[keep])
-    chosen = json.loads((tmp_path / "full" / "training.json").read_text())["synthetic_validation"]
+    model = ULSAD.from_preset("lite", steps=200, **overrides)
+    model.fit(root, category="layout", progress=False, out_dir=out_dir)
+    scores = np.array([p.score for p in model.predict(paths)])
+    aurocs = {"all": image_auroc(labels, scores)}
+    for kind in LAYOUT_KINDS:
+        keep = (kinds == kind) | (labels == 0)
+        aurocs[kind] = image_auroc(labels[keep], scores[keep])
+    return aurocs
+
+
+@pytest.fixture(scope="module")
+def layout_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("layout")
+    _write_layout_set(root, n_train=40, n_good=9, n_defect=18)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_only_aurocs(layout_root) -> dict[str, float]:
+    """The local-only model (`global_branch=False`): every patch of a defective image is normal."""
+    overrides = {"global_branch": False, "attention_loss": False}
+    return _layout_aurocs(layout_root, layout_root / "local", **overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [40, 41, 42])
+def test_global_branch_finds_logical_defects_that_the_local_branch_misses(
+    seed, layout_root, local_only_aurocs
+):
+    """Same training, same budget: the full model, as the defaults train it, separates a wrong
+    colour pairing and a missing part from good images; the local-only model does not. At every
+    seed (other held-out images, other synthetic defects), the synthetic-defect validation gives
+    the global map weight and keeps its branch training: in a scene of separate parts, the
+    synthetic logical defects take whole parts and leave no local trace.
+
+    (Measured: the defaults choose the local weight 0.75 at every seed and score 0.90 / 0.81 /
+    0.88 image AUROC (mismatched 0.80 / 0.63 / 0.77, missing 1.00); the local-only model 0.41
+    (0.35, 0.47). When the logical kinds cut regions out of the discs, seed 42 chose the local
+    map alone and scored 0.34.)"""
+    full = _layout_aurocs(layout_root, layout_root / f"full-{seed}", seed=seed)
+    record = json.loads((layout_root / f"full-{seed}" / "training.json").read_text())
+    chosen = record["synthetic_validation"]
     assert chosen["local_weight"] < 1.0 and chosen["global_pruned_after"] is None, chosen
-    assert aurocs["full"]["all"] >= 0.85, aurocs
-    assert aurocs["local"]["all"] <= 0.65, aurocs
+    assert full["all"] >= 0.8, full
+    assert local_only_aurocs["all"] <= 0.65, local_only_aurocs
     for kind in LAYOUT_KINDS:  # the global branch adds each kind, not just one
-        assert aurocs["full"][kind] >= aurocs["local"][kind] + 0.2, (kind, aurocs)
+        assert full[kind] >= local_only_aurocs[kind] + 0.2, (kind, full, local_only_aurocs)

@@ -16,6 +16,12 @@ Logical kinds (about the arrangement, not the texture):
 - ``duplicate``: a part of the object copied to another place;
 - ``moved``: a part of the object moved (its old place becomes background).
 
+In a scene of separate parts on a plain ground (`parts`), the logical kinds take whole parts:
+a part vanishes into the ground, or is copied or (one of two or more) moved onto free ground.
+Cutting a region out of a part would leave a new edge that the local branch sees, so the
+validation would never learn that some defects only the global branch sees. Elsewhere
+(textures, an object that fills the frame) they cut regions as above.
+
 Everything is drawn from `numpy.random.default_rng((seed, index))`: the same seed gives the same
 images and masks, and each image is independent of how many others are made. Pixels outside the
 mask are never changed.
@@ -26,10 +32,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 STRUCTURAL_KINDS = ("cutpaste", "perlin", "scratch")
 LOGICAL_KINDS = ("missing", "duplicate", "moved")
 KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
+GROUND_DISTANCE = 30.0
+"""Summed RGB difference from the background colour beyond which a pixel is not ground."""
 
 
 def perlin_noise(size: int, cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -62,10 +71,15 @@ def _background_colour(image: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0)
 
 
+def _background_distance(image: np.ndarray) -> np.ndarray:
+    """(S, S) L1 distance of each pixel's colour from the background colour."""
+    return np.abs(image - _background_colour(image)).sum(axis=-1)
+
+
 def _foreground_point(image: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     """A random pixel unlike the background (a random pixel if the image is all texture)."""
-    distance = np.abs(image - _background_colour(image)).sum(axis=-1)
-    candidates = np.argwhere(distance > max(30.0, np.quantile(distance, 0.5)))
+    distance = _background_distance(image)
+    candidates = np.argwhere(distance > max(GROUND_DISTANCE, np.quantile(distance, 0.5)))
     size = image.shape[0]
     if len(candidates) == 0:
         return int(rng.integers(size)), int(rng.integers(size))
@@ -151,7 +165,64 @@ def _scratch(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> 
     return mask
 
 
+def parts(image: np.ndarray) -> list[np.ndarray]:
+    """Bool masks (S, S) of the whole parts of a scene of separate parts on a plain ground.
+
+    A part is a connected region of pixels beyond `GROUND_DISTANCE`, 0.5-10% of the image, clear of its border, grown by 2 pixels to take its blended rim. There are none unless
+    at least 3/4 of the image is ground: on a texture or an object that fills the frame a
+    connected region is an arbitrary blob, not a part."""
+    foreground = _background_distance(image) > GROUND_DISTANCE
+    if foreground.mean() > 0.25:
+        return []
+    labels, _ = ndimage.label(foreground, structure=np.ones((3, 3)))
+    size, found = image.shape[0], []
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        inside = rows.start > 0 and cols.start > 0 and rows.stop < size and cols.stop < size
+        part = labels == index
+        if inside and 0.005 <= part.mean() <= 0.1:
+            found.append(ndimage.binary_dilation(part, iterations=2))
+    return found
+
+
+def _pick_part(image: np.ndarray, rng: np.random.Generator, least: int = 1) -> np.ndarray | None:
+    """One of the image's `parts` at random; None (drawing nothing) if it has fewer than `least`."""
+    found = parts(image)
+    return found[int(rng.integers(len(found)))] if len(found) >= least else None
+
+
+def _fill_ground(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint `mask` with the ground: its colour and its pixel noise (robust spread of the border)."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    spread = 1.4826 * np.median(np.abs(border - np.median(border, axis=0)), axis=0)
+    noise = rng.normal(0, 1, size=(int(mask.sum()), 3)) * spread
+    image[mask] = np.clip(_background_colour(image) + noise, 0, 255)
+
+
+def _place_part(
+    image: np.ndarray, part: np.ndarray, rng: np.random.Generator, tries: int = 32
+) -> np.ndarray | None:
+    """Copy the pixels of `part` (a mask) onto free ground, clear of every other part; the mask
+    of the copy, or None when no free place was found."""
+    rows, cols = np.nonzero(part)
+    top, left = rows.min(), cols.min()
+    shape = part[top : rows.max() + 1, left : cols.max() + 1]
+    taken = ndimage.binary_dilation(_background_distance(image) > GROUND_DISTANCE, iterations=6)
+    size, (h, w) = image.shape[0], shape.shape
+    for _ in range(tries):
+        y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        if not taken[y : y + h, x : x + w][shape].any():
+            placed = np.zeros_like(part)
+            placed[y : y + h, x : x + w] = shape
+            image[placed] = image[top : top + h, left : left + w][shape]
+            return placed
+    return None
+
+
 def _missing(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    part = _pick_part(image, rng)
+    if part is not None:
+        _fill_ground(image, part, rng)
+        return part
     size = image.shape[0]
     box = _box(size, rng, (0.02, 0.08), centre=_foreground_point(image, rng))
     mask = _ellipse_mask(size, box)
@@ -168,11 +239,20 @@ def _part(
 
 
 def _duplicate(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    part = _pick_part(image, rng)
+    placed = None if part is None else _place_part(image, part, rng)
+    if placed is not None:
+        return placed
     _, patch = _part(image, rng)
     return _paste(image, patch, rng)
 
 
 def _moved(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    part = _pick_part(image, rng, least=2)  # a lone part's place may vary among good images
+    placed = None if part is None else _place_part(image, part, rng)
+    if placed is not None:
+        _fill_ground(image, part, rng)  # the copy is on free ground, never on `part`
+        return placed | part
     (top, left, h, w), patch = _part(image, rng)
     old = np.zeros(image.shape[:2], dtype=bool)
     old[top : top + h, left : left + w] = True
