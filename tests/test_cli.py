@@ -86,6 +86,33 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     assert meta["license"] == "cc-by-nc-sa-4.0" and "ulsad-lite" in meta["tags"]
     training = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert training["command"].startswith("ulsad train") and training["category"] == "tiny"
+    # ... and what the synthetic defects chose, with the table behind it.
+    chosen = training["synthetic_validation"]
+    assert chosen["heldout_inputs"] == training["n_heldout"] == 1 and chosen["part_scenes"] == 0
+    assert "## Chosen without defect images" in card
+    assert f"| **{config['local_weight']} (chosen)** |" in card
+    assert f"best F1 on the synthetic defects: {training['threshold_f1']:.4f}" in card
+    assert "0 of the 1 held-out inputs are scenes of separate parts" in card
+    rows = [line for line in card.splitlines() if line.startswith(("| 0", "| 1", "| **"))]
+    assert len(rows) == len(chosen["fusion_table"]) == 5
+
+
+def test_card_says_when_the_fusion_weight_was_set_not_chosen(trained_checkpoint, tmp_path):
+    from ulsad.card import write_model_card
+
+    folder = tmp_path / "fixed"
+    shutil.copytree(trained_checkpoint, folder)
+    training = json.loads((folder / "training.json").read_text())
+    row = {"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7, "score": 0.8}
+    training["synthetic_validation"] = {
+        "defects": 8, "kinds": ["perlin"], "epochs_compared": [5, 10], "chosen_epoch": 10,
+        "local_weight": 0.5, "global_pruned_after": None, "fusion_table": {"0.5": row},
+    }  # fmt: skip
+    (folder / "training.json").write_text(json.dumps(training))
+    card = write_model_card(folder).read_text()
+    assert "(the weight of the local map, 0.5, was set in the config)" in card
+    assert "| **0.5 (chosen)** | 0.9000 | 0.8000 | 0.7000 | 0.8000 |" in card
+    assert "scenes of separate parts" not in card  # a record from before it was counted
 
 
 @pytest.fixture

@@ -480,6 +480,7 @@ def test_global_branch_finds_logical_defects_that_the_local_branch_misses(
     record = json.loads((layout_root / f"full-{seed}" / "training.json").read_text())
     chosen = record["synthetic_validation"]
     assert chosen["local_weight"] < 1.0 and chosen["global_pruned_after"] is None, chosen
+    assert chosen["part_scenes"] == chosen["heldout_inputs"] == 4, chosen  # two discs each
     assert full["all"] >= 0.8, full
     assert local_only_aurocs["all"] <= 0.65, local_only_aurocs
     for kind in LAYOUT_KINDS:  # the global branch adds each kind, not just one

@@ -147,6 +147,7 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
                 f"training images gave {tiles} tiles.",
                 "",
             ]
+    lines += _validation_lines(training)
     results = [
         r for m in metadata.get("model-index", []) for r in m.get("results", [])
     ]  # one entry per dataset
@@ -166,6 +167,60 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def _validation_lines(training: dict[str, Any]) -> list[str]:
+    """The card's account of what synthetic defects chose (`training.json`'s
+    `synthetic_validation`): fusion weight, epoch, F1 threshold, and the table behind them."""
+    chosen = training.get("synthetic_validation")
+    if not isinstance(chosen, dict) or "fusion_table" not in chosen:
+        return []
+    weight, pruned = chosen.get("local_weight"), chosen.get("global_pruned_after")
+    branch = "the local map alone" if weight == 1.0 else "fused with the global map"
+    if pruned is not None:
+        branch += f"; the global branch stopped training after epoch {pruned}"
+    epochs = ", ".join(str(e) for e in chosen.get("epochs_compared", []))
+    lines = [
+        "## Chosen without defect images",
+        "",
+        f"{chosen.get('defects')} synthetic defects ({', '.join(chosen.get('kinds', []))}) on the "
+        f"{training.get('n_heldout')} held-out good images chose, without any test image:",
+        "",
+        f"- the weight of the local map: {weight} ({branch});"
+        if len(chosen["fusion_table"]) > 1
+        else f"- (the weight of the local map, {weight}, was set in the config);",
+        f"- the epoch kept: {chosen.get('chosen_epoch')} (compared: {epochs});",
+        f"- a second threshold, the best F1 on the synthetic defects: "
+        f"{training.get('threshold_f1', float('nan')):.4f}.",
+        "",
+    ]
+    if "part_scenes" in chosen:
+        scenes, inputs = chosen["part_scenes"], chosen.get("heldout_inputs")
+        lines += [
+            f"{scenes} of the {inputs} held-out inputs are scenes of separate parts on a plain "
+            "ground, where the logical kinds take whole parts and leave no local trace."
+            + (
+                ""
+                if scenes
+                else " On the others they cut regions of the object, which the local branch"
+                " sees too: logical defects weigh little in these choices."
+            ),
+            "",
+        ]
+    lines += [
+        "On the synthetic defects, at the kept epoch (each metric the mean over the defect kinds):",
+        "",
+        "| local weight | image AUROC | pixel AUROC | AUPRO | score |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in chosen["fusion_table"].items():
+        name = f"**{key} (chosen)**" if float(key) == weight else key
+        values = " | ".join(
+            f"{row.get(m, float('nan')):.4f}"
+            for m in ("image_auroc", "pixel_auroc", "aupro", "score")
+        )
+        lines.append(f"| {name} | {values} |")
+    return [*lines, ""]
 
 
 def write_model_card(

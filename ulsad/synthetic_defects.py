@@ -184,6 +184,13 @@ def parts(image: np.ndarray) -> list[np.ndarray]:
     return found
 
 
+def part_scenes(images: torch.Tensor) -> int:
+    """How many of the uint8 `images` (N, 3, S, S) are scenes of separate parts (`parts`): the
+    images on which the logical kinds take whole parts."""
+    arrays = images.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    return sum(1 for image in arrays if parts(image))
+
+
 def _pick_part(image: np.ndarray, rng: np.random.Generator, least: int = 1) -> np.ndarray | None:
     """One of the image's `parts` at random; None (drawing nothing) if it has fewer than `least`."""
     found = parts(image)

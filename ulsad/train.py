@@ -41,7 +41,7 @@ from ulsad.errors import ULSADError
 from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from ulsad.images import find_images, load_image, to_tiles
 from ulsad.model import ULSADModel, attention
-from ulsad.synthetic_defects import synthetic_defects
+from ulsad.synthetic_defects import part_scenes, synthetic_defects
 from ulsad.validation import (
     FUSION_WEIGHTS,
     ValidationMaps,
@@ -236,6 +236,7 @@ class SyntheticSet:
     cache: FeatureCache
     masks: torch.Tensor
     kinds: list[str]
+    part_scenes: int  # held-out inputs on which the logical kinds took whole parts
 
     def fusion_table(self, model: ULSADModel, good: FeatureCache, batch_size: int) -> dict:
         """Synthetic-defect metrics per candidate fusion weight (the configured one, if fixed)."""
@@ -375,7 +376,7 @@ def prepare_sets(
     if cfg.synthetic_defects:
         defects, masks, kinds = synthetic_defects(val_images, cfg.synthetic_defects, cfg.seed)
         defect_cache = build_cache(model, defects, device, batch_size, progress)
-        synthetic = SyntheticSet(defect_cache, masks, kinds)
+        synthetic = SyntheticSet(defect_cache, masks, kinds, part_scenes(val_images))
     heldout = build_cache(model, val_images, device, batch_size, progress)
     return TrainingSets(train_cache, heldout, synthetic, n_train)
 
@@ -545,6 +546,8 @@ def train(
         selection = {
             "defects": cfg.synthetic_defects,
             "kinds": sorted(set(sets.synthetic.kinds)),
+            "heldout_inputs": len(sets.heldout.images),
+            "part_scenes": sets.synthetic.part_scenes,
             "epochs_compared": sorted(checked),
             "chosen_epoch": choice.state["epoch"],
             "local_weight": choice.state["local_weight"],
