@@ -168,8 +168,9 @@ def _scratch(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> 
 def parts(image: np.ndarray) -> list[np.ndarray]:
     """Bool masks (S, S) of the whole parts of a scene of separate parts on a plain ground.
 
-    A part is a connected region of pixels beyond `GROUND_DISTANCE`, 0.5-10% of the image, clear of its border, grown by 2 pixels to take its blended rim. There are none unless
-    at least 3/4 of the image is ground: on a texture or an object that fills the frame a
+    A part is a connected region of pixels beyond `GROUND_DISTANCE`, 0.5-10% of the image,
+    clear of its border, grown by 2 pixels to take its blended rim. There are none unless at
+    least 3/4 of the image is ground: on a texture or an object that fills the frame, a
     connected region is an arbitrary blob, not a part."""
     foreground = _background_distance(image) > GROUND_DISTANCE
     if foreground.mean() > 0.25:
