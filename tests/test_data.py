@@ -17,6 +17,7 @@ from ulsad.data import (
     list_categories,
     load_mask,
     load_split,
+    make_layout_dataset,
     make_synthetic_dataset,
 )
 from ulsad.errors import ULSADError
@@ -371,6 +372,30 @@ def test_synthetic_rejects_bad_arguments(tmp_path: Path) -> None:
         make_synthetic_dataset(tmp_path, n_train=0)
     with pytest.raises(ULSADError, match="size"):
         make_synthetic_dataset(tmp_path, size=16)
+
+
+def test_layout_dataset_has_only_layout_defects(tmp_path: Path) -> None:
+    """Every defect of the layout set is at the right disc, and is made of normal-looking parts:
+    a mismatched disc keeps the size of the left one, a missing one leaves plain ground."""
+    root = make_layout_dataset(tmp_path, n_train=3, n_test_good=2, n_test_defect=4)
+    samples = load_split("mvtec_ad", tmp_path, "layout", "test")
+    assert root == tmp_path / "layout" and len(list((root / "train" / "good").glob("*.png"))) == 3
+    assert [s.defect for s in samples] == ["good"] * 2 + ["mismatched"] * 2 + ["missing"] * 2
+    for sample in samples:
+        image = np.asarray(Image.open(sample.path), dtype=float)
+        colourful = image.std(axis=-1) > 30  # the discs; the ground is grey
+        left, right = colourful[:, :128], colourful[:, 128:]
+        if sample.label == 0:
+            assert sample.mask_paths == () and abs(left.sum() - right.sum()) < 0.05 * left.sum()
+            continue
+        mask = load_mask(sample, image.shape[:2])
+        assert mask[:, :128].sum() == 0 and abs(mask.sum() - left.sum()) < 0.05 * left.sum()
+        assert right.sum() == (mask.sum() if sample.defect == "mismatched" else 0)
+        colour = image[mask].mean(axis=0) if sample.defect == "mismatched" else None
+        if colour is not None:  # another colour than the left disc's
+            assert np.abs(colour - image[:, :128][left].mean(axis=0)).max() > 40
+    with pytest.raises(ULSADError, match="n_train"):
+        make_layout_dataset(tmp_path, n_train=0)
 
 
 # --------------------------------------------------------------------------- real data

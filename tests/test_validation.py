@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import json
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 import torch
 
 from ulsad import ULSAD, ULSADConfig, ULSADError
-from ulsad.data import make_synthetic_dataset
+from ulsad.data import make_layout_dataset, make_synthetic_dataset
+from ulsad.data.synthetic import LAYOUT_DEFECTS
 from ulsad.model import top_mean
 from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
 from ulsad.train import pruned_after
@@ -384,50 +384,6 @@ def test_pruned_global_branch_stops_changing(tiny_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------- logical defects
-LAYOUT_KINDS = ("mismatched", "missing")
-
-
-def _layout_image(rng: np.random.Generator, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """256 px: two discs of one colour (random per image), 160 px apart, on a noisy grey ground.
-    Each defect leaves every patch looking like a normal patch, so only the layout is wrong:
-    ``mismatched`` (the right disc has another colour) and ``missing`` (the right disc is gone).
-    Together the two discs span more of the image than the local branch relates."""
-    size, radius, gap = 256, 22, 160
-    yy, xx = np.mgrid[0:size, 0:size]
-    image = np.full((size, size, 3), 120.0) + rng.normal(0, 6, size=(size, size, 3))
-    mask = np.zeros((size, size), dtype=bool)
-    hue = rng.random()
-    colour = 255 * np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.9))
-    other = 255 * np.array(colorsys.hsv_to_rgb((hue + 0.33 + 0.33 * rng.random()) % 1, 0.8, 0.9))
-    for side in (-1, 1):
-        x = 128 + side * gap // 2 + rng.integers(-3, 4)
-        disc = (yy - 128) ** 2 + (xx - x) ** 2 <= radius**2
-        if side == 1 and defect is not None:
-            mask |= disc
-            if defect == "missing":
-                continue
-        image[disc] = other if side == 1 and defect == "mismatched" else colour
-    return np.clip(image, 0, 255).astype(np.uint8), mask
-
-
-def _write_layout_set(root: Path, n_train: int, n_good: int, n_defect: int) -> None:
-    from PIL import Image
-
-    kinds = LAYOUT_KINDS
-    jobs = [("train/good", None, i) for i in range(n_train)]
-    jobs += [("test/good", None, i) for i in range(n_good)]
-    jobs += [(f"test/{kinds[i % len(kinds)]}", kinds[i % len(kinds)], i) for i in range(n_defect)]
-    for folder, defect, i in jobs:
-        split = ("train/good", "test/good").index(folder) if defect is None else 2
-        image, mask = _layout_image(np.random.default_rng((split, i)), defect)
-        (root / "layout" / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / "layout" / folder / f"{i:03d}.png")
-        if defect is not None:
-            gt = root / "layout" / "ground_truth" / defect
-            gt.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{i:03d}_mask.png")
-
-
 def _layout_aurocs(root: Path, out_dir: Path, **overrides) -> dict[str, float]:
     """Test image AUROC on the layout set (all, and per defect kind) of a `lite` model trained
     with 200 steps and `overrides`."""
@@ -441,7 +397,7 @@ def _layout_aurocs(root: Path, out_dir: Path, **overrides) -> dict[str, float]:
     model.fit(root, category="layout", progress=False, out_dir=out_dir)
     scores = np.array([p.score for p in model.predict(paths)])
     aurocs = {"all": image_auroc(labels, scores)}
-    for kind in LAYOUT_KINDS:
+    for kind in LAYOUT_DEFECTS:
         keep = (kinds == kind) | (labels == 0)
         aurocs[kind] = image_auroc(labels[keep], scores[keep])
     return aurocs
@@ -450,7 +406,7 @@ def _layout_aurocs(root: Path, out_dir: Path, **overrides) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def layout_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("layout")
-    _write_layout_set(root, n_train=40, n_good=9, n_defect=18)
+    make_layout_dataset(root)  # 40 training, 9 good and 18 defective test images
     return root
 
 
@@ -483,5 +439,5 @@ def test_global_branch_finds_logical_defects_that_the_local_branch_misses(
     assert chosen["part_scenes"] == chosen["heldout_inputs"] == 4, chosen  # two discs each
     assert full["all"] >= 0.8, full
     assert local_only_aurocs["all"] <= 0.65, local_only_aurocs
-    for kind in LAYOUT_KINDS:  # the global branch adds each kind, not just one
+    for kind in LAYOUT_DEFECTS:  # the global branch adds each kind, not just one
         assert full[kind] >= local_only_aurocs[kind] + 0.2, (kind, full, local_only_aurocs)

@@ -1,8 +1,8 @@
-"""Datasets: loaders for the benchmark layouts and a synthetic dataset for tests and demos."""
+"""Datasets: loaders for the benchmark layouts and synthetic datasets for tests and demos."""
 
 from ulsad.data.datasets import DATASETS, DatasetSpec, get_dataset, list_categories, load_split
 from ulsad.data.samples import IMAGE_EXTENSIONS, SPLITS, Sample, load_mask
-from ulsad.data.synthetic import make_synthetic_dataset
+from ulsad.data.synthetic import make_layout_dataset, make_synthetic_dataset
 
 __all__ = [
     "DATASETS",
@@ -14,5 +14,6 @@ __all__ = [
     "list_categories",
     "load_mask",
     "load_split",
+    "make_layout_dataset",
     "make_synthetic_dataset",
 ]

@@ -13,10 +13,16 @@ with a yellow disc at the centre. Defective test images add one anomaly with an 
 
 Everything is drawn with numpy from ``seed`` (each image from its own ``(seed, split, index)``
 stream), so the output is reproducible and independent of the other counts.
+
+`make_layout_dataset` writes a second kind of category, with logical defects only: two discs of
+one colour on a plain ground, where a defect leaves every patch looking normal (the right disc
+in another colour, or missing). Only a model that relates distant parts of the image (ULSAD's
+global branch) can see them; PatchCore, which compares each patch with normal patches, cannot.
 """
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,7 @@ from ulsad.errors import ULSADError
 STRUCTURAL_DEFECTS = ("scratch", "contamination")
 LOGICAL_DEFECTS = ("missing_object", "misplaced_object")
 ALL_DEFECTS = (*STRUCTURAL_DEFECTS, *LOGICAL_DEFECTS, "duplicated_object")
+LAYOUT_DEFECTS = ("mismatched", "missing")
 
 _BACKGROUND = np.array([110.0, 125.0, 140.0])
 _OBJECT = np.array([215.0, 175.0, 40.0])
@@ -166,4 +173,60 @@ def make_synthetic_dataset(
         name = f"{i // len(defects):03d}"
         _save(image, out / "test" / defect / f"{name}.png")
         _save(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{name}_mask.png")
+    return out
+
+
+def _render_layout(rng: np.random.Generator, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """256 px: two discs of one colour (random per image), 160 px apart, on a noisy grey ground;
+    the RGB uint8 image and the defect mask (the right disc's place)."""
+    size, radius, gap = 256, 22, 160
+    yy, xx = _grid(size)
+    image = np.full((size, size, 3), 120.0) + rng.normal(0, 6, size=(size, size, 3))
+    mask = np.zeros((size, size), dtype=bool)
+    hue = rng.random()
+    colour = 255 * np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.9))
+    other = 255 * np.array(colorsys.hsv_to_rgb((hue + 0.33 + 0.33 * rng.random()) % 1, 0.8, 0.9))
+    for side in (-1, 1):
+        x = 128 + side * gap // 2 + rng.integers(-3, 4)
+        disc = (yy - 128) ** 2 + (xx - x) ** 2 <= radius**2
+        if side == 1 and defect is not None:
+            mask |= disc
+            if defect == "missing":
+                continue
+        image[disc] = other if side == 1 and defect == "mismatched" else colour
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def make_layout_dataset(
+    root: str | Path,
+    category: str = "layout",
+    *,
+    n_train: int = 40,
+    n_test_good: int = 9,
+    n_test_defect: int = 18,
+) -> Path:
+    """Write a category of logical defects only (MVTec AD layout) and return ``root/category``.
+
+    Good images: two discs of one colour (random per image, so every colour is normal), 160 px
+    apart, wider than the local branch relates. Defects, alternating: ``mismatched`` (the right
+    disc in another colour) and ``missing`` (the right disc gone), masked at the right disc. Each
+    image comes from its own ``(split, index)`` stream: reproducible, whatever the counts.
+    """
+    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
+        raise ULSADError(
+            f"make_layout_dataset: need n_train >= 1 and non-negative test counts, got "
+            f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
+        )
+    out = Path(root) / category
+    jobs = [("train/good", None, i) for i in range(n_train)]
+    jobs += [("test/good", None, i) for i in range(n_test_good)]
+    jobs += [
+        (f"test/{LAYOUT_DEFECTS[i % 2]}", LAYOUT_DEFECTS[i % 2], i) for i in range(n_test_defect)
+    ]
+    for folder, defect, i in jobs:
+        split = ("train/good", "test/good").index(folder) if defect is None else 2
+        image, mask = _render_layout(np.random.default_rng((split, i)), defect)
+        _save(image, out / folder / f"{i:03d}.png")
+        if defect is not None:
+            _save(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{i:03d}_mask.png")
     return out
