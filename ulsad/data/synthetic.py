@@ -128,6 +128,14 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, compress_level=1)
 
 
+def _check_counts(caller: str, n_train: int, n_test_good: int, n_test_defect: int) -> None:
+    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
+        raise ULSADError(
+            f"{caller}: need n_train >= 1 and non-negative test counts, got "
+            f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
+        )
+
+
 def make_synthetic_dataset(
     root: str | Path,
     category: str = "synthetic",
@@ -147,11 +155,7 @@ def make_synthetic_dataset(
     with the same names are overwritten. ``defects`` names the types instead (any of
     ``ALL_DEFECTS``).
     """
-    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
-        raise ULSADError(
-            f"make_synthetic_dataset: need n_train >= 1 and non-negative test counts, got "
-            f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
-        )
+    _check_counts("make_synthetic_dataset", n_train, n_test_good, n_test_defect)
     if size < 32:
         raise ULSADError(f"make_synthetic_dataset: size must be at least 32 pixels, got {size}.")
     out = Path(root) / category
@@ -212,11 +216,7 @@ def make_layout_dataset(
     disc in another colour) and ``missing`` (the right disc gone), masked at the right disc. Each
     image comes from its own ``(split, index)`` stream: reproducible, whatever the counts.
     """
-    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
-        raise ULSADError(
-            f"make_layout_dataset: need n_train >= 1 and non-negative test counts, got "
-            f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
-        )
+    _check_counts("make_layout_dataset", n_train, n_test_good, n_test_defect)
     out = Path(root) / category
     jobs = [("train/good", None, i) for i in range(n_train)]
     jobs += [("test/good", None, i) for i in range(n_test_good)]
