@@ -65,10 +65,14 @@ def perlin_noise(size: int, cells: tuple[int, int], rng: np.random.Generator) ->
     return np.sqrt(2) * (top * (1 - wy) + bottom * wy)
 
 
+def _border(image: np.ndarray) -> np.ndarray:
+    """(4S, 3) colours of the image's outermost pixels."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+
+
 def _background_colour(image: np.ndarray) -> np.ndarray:
     """Median colour of the image border: what the scene looks like where there is no object."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    return np.median(border, axis=0)
+    return np.median(_border(image), axis=0)
 
 
 def _background_distance(image: np.ndarray) -> np.ndarray:
@@ -200,10 +204,11 @@ def _pick_part(image: np.ndarray, rng: np.random.Generator, least: int = 1) -> n
 
 def _fill_ground(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
     """Paint `mask` with the ground: its colour and its pixel noise (robust spread of the border)."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    spread = 1.4826 * np.median(np.abs(border - np.median(border, axis=0)), axis=0)
+    border = _border(image)
+    ground = np.median(border, axis=0)  # `_background_colour`
+    spread = 1.4826 * np.median(np.abs(border - ground), axis=0)
     noise = rng.normal(0, 1, size=(int(mask.sum()), 3)) * spread
-    image[mask] = np.clip(_background_colour(image) + noise, 0, 255)
+    image[mask] = np.clip(ground + noise, 0, 255)
 
 
 def _place_part(

@@ -60,7 +60,7 @@ STOP_TOLERANCE = 0.005
 # The global branch stops training when its best fusion weight beats the local map alone by less
 # than this. Both scores come from the same maps, so this is a tie, not epoch-to-epoch noise: on
 # metal_plate, bottle and commutator (9 models) the global map's gain was at most 0.0002; on the
-# synthetic layout set of `tests/test_validation.py`, where it matters, 0.0049-0.0075 at every
+# synthetic layout set (`ulsad.data.make_layout_dataset`), where it matters, 0.0049-0.0075 at every
 # validation point, and STOP_TOLERANCE cut it there.
 PRUNE_TOLERANCE = 0.001
 EpochCallback = Callable[[int, int, float, float], Any]
