@@ -41,7 +41,10 @@ Measured per category and method, on the test split:
   elongated image is, for ulsad's default `tile`, the batch of its square tiles, so a
   commutator image costs three forward passes' worth, while the peers squash it to one square),
   after warm-up, with the methods interleaved in rounds (`benchmarks.common.interleaved`) so
-  that other load on the machine affects all of them alike;
+  that other load on the machine affects all of them alike. The backbone pass alone (ulsad's at
+  its input size; the peers' shared one at 256 px) is timed in the same rounds: no method is
+  faster than its backbone, so peer latency / ulsad's backbone bounds the speed ratio that any
+  ulsad head could reach;
 - memory: each fitted model is saved, then loaded in a fresh child process (this script with
   `--memory-probe`) that scores `--memory-images` test images at batch 1 with `predict`. After
   the imports, the child resets the kernel's peak-RSS counter (`/proc/self/clear_refs`, 5), so
@@ -80,6 +83,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -110,6 +114,8 @@ from ulsad.images import load_image, to_tiles
 from ulsad.train import split_holdout
 
 ULSAD_NAME = "ulsad lite"
+# The backbone pass alone, timed with the methods: no method on it can be faster than its backbone.
+BACKBONE_ROWS = ("ulsad lite: backbone alone", "PatchCore / PaDiM: backbone alone")
 BACKBONE = "tf_efficientnet_lite0"
 LAYERS = ["blocks.2", "blocks.4"]  # strides 8 and 16: ulsad lite's layers (2, 3)
 IMAGE_SIZE = 256
@@ -216,9 +222,10 @@ class PeerPredictor:
         self.model, self.pipeline, self.device = model, pipeline, device
 
     @torch.inference_mode()
-    def forward(self, resized: Tensor) -> Any:
-        """(B, 3, 256, 256) in [0, 1] -> anomalib's InferenceBatch (pred_score, anomaly_map)."""
-        return self.model(self.pipeline.normalize(resized.to(self.device)))
+    def forward(self, resized: Tensor, module: nn.Module | None = None) -> Any:
+        """(B, 3, 256, 256) in [0, 1] -> anomalib's InferenceBatch (pred_score, anomaly_map);
+        `module`: run that part of the model (its backbone) on the normalised input instead."""
+        return (module or self.model)(self.pipeline.normalize(resized.to(self.device)))
 
     def predict(self, paths: Sequence[Path], batch_size: int = 16) -> list[SimpleNamespace]:
         self.model.eval()
@@ -386,6 +393,12 @@ def run_category(
             model(x)
 
     latency_fns[ULSAD_NAME] = cycling(ulsad_forward, ulsad_inputs)
+
+    def ulsad_backbone(x: Tensor) -> None:
+        with torch.inference_mode():
+            model.features(model.backbone_input(x))
+
+    latency_fns[BACKBONE_ROWS[0]] = cycling(ulsad_backbone, ulsad_inputs)
     checkpoints = {ULSAD_NAME: ("ulsad", model.save_pretrained(folder / "ulsad"))}
 
     peer_inputs = [pipeline.resized(p)[0][None] for p in latency_images]
@@ -411,6 +424,9 @@ def run_category(
         predictor = PeerPredictor(peer, pipeline, device)
         predictors[method] = predictor
         latency_fns[method] = cycling(predictor.forward, peer_inputs)
+        if BACKBONE_ROWS[1] not in latency_fns:  # every peer runs the same backbone (checked)
+            backbone = partial(predictor.forward, module=peer.feature_extractor)
+            latency_fns[BACKBONE_ROWS[1]] = cycling(backbone, peer_inputs)
         path = folder / f"{spec['kind']}_{len(checkpoints)}.pt"
         torch.save({"spec": json.dumps(spec), "state_dict": peer.state_dict()}, path)
         checkpoints[method] = (spec["kind"], path)
@@ -432,6 +448,8 @@ def run_category(
         row["latency_ms"] = 1000 * median(samples)
         row["latency_min_ms"] = 1000 * min(samples)
         row["latency_samples_ms"] = [1000 * t for t in samples]
+    backbones = [{"method": key, "latency_ms": 1000 * median(times[key])}
+                 for key in BACKBONE_ROWS if key in times]  # fmt: skip
 
     if args.memory:
         for row in rows:
@@ -446,12 +464,14 @@ def run_category(
             both = base.get(key) is not None and row.get(key) is not None
             entry[f"{key}_diff"] = base[key] - row[key] if both else None
         entry["speed_ratio"] = row["latency_ms"] / base["latency_ms"]
+        entry["bound_speed_ratio"] = row["latency_ms"] / backbones[0]["latency_ms"]
         entry["fit_time_ratio"] = row["fit_s"] / base["fit_s"]
         if "inference_peak_mb" in row:
             entry["memory_ratio"] = row["inference_peak_mb"] / base["inference_peak_mb"]
         ratios.append(entry)
     return {"name": name, "dataset": dataset, "root": root, "category": category,
-            "n_train": len(train), "n_test": len(test), "rows": rows, "ratios": ratios}  # fmt: skip
+            "n_train": len(train), "n_test": len(test), "rows": rows, "ratios": ratios,
+            "backbones": backbones}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- report
@@ -465,9 +485,13 @@ COLUMNS = [
 RATIO_COLUMNS = [
     ("peer", "ulsad vs", "s"), ("image_auroc_diff", "d image AUROC", "+.3f"),
     ("pixel_auroc_diff", "d pixel AUROC", "+.3f"), ("aupro_diff", "d AUPRO", "+.3f"),
-    ("speed_ratio", "peer/ulsad latency", ".2f"), ("memory_ratio", "peer/ulsad memory", ".2f"),
+    ("speed_ratio", "peer/ulsad latency", ".2f"),
+    ("bound_speed_ratio", "peer / ulsad backbone alone", ".2f"),
+    ("memory_ratio", "peer/ulsad memory", ".2f"),
     ("fit_time_ratio", "peer/ulsad fit time", ".2f"),
 ]  # fmt: skip
+
+BACKBONE_COLUMNS = [("method", "backbone", "s"), ("latency_ms", "batch-1 ms", ".1f")]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -505,6 +529,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += ["", f"## {cat['name']} ({cat['n_train']} train, {cat['n_test']} test images)",
                   "", markdown_table(cat["rows"], COLUMNS), "",
                   markdown_table(cat["ratios"], RATIO_COLUMNS)]  # fmt: skip
+        if cat.get("backbones"):  # reports before this column have none
+            lines += ["", "Backbone alone, timed with the methods (batch 1; each at its method's "
+                      "input size). No method is faster than its backbone, so 'peer / ulsad "
+                      "backbone alone' bounds the speed ratio any ulsad head could reach:", "",
+                      markdown_table(cat["backbones"], BACKBONE_COLUMNS)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -32,3 +32,29 @@ def test_memory_probe_splits_the_peak_into_model_and_file_pages(trained_checkpoi
     assert report["model_mb"] > 19
     assert report["inference_peak_mb"] >= report["model_mb"]
     assert 0 < report["file_pages_mb"] < report["inference_peak_mb"]
+
+
+def _report(with_backbones: bool) -> dict:
+    rows = [
+        {"method": "ulsad lite", "latency_ms": 40.0},
+        {"method": "PatchCore", "latency_ms": 64.0},
+    ]
+    category = {"name": "mpdd/metal_plate", "n_train": 54, "n_test": 97, "rows": rows,
+                "ratios": [{"peer": "PatchCore", "speed_ratio": 1.6}]}  # fmt: skip
+    if with_backbones:
+        category["backbones"] = [{"method": "ulsad lite: backbone alone", "latency_ms": 25.0}]
+        category["ratios"][0]["bound_speed_ratio"] = 64.0 / 25.0
+    return {"machine": {}, "settings": {"quick": False, "memory_images": 16}, "argv": [],
+            "anomalib": "2.7.0", "peer_preprocessing": "resize", "categories": [category]}  # fmt: skip
+
+
+def test_report_bounds_the_speed_ratio_by_the_backbone_alone():
+    from benchmarks.peers import markdown_report
+
+    text = markdown_report(_report(with_backbones=True))
+    assert "| peer/ulsad latency | peer / ulsad backbone alone |" in text
+    assert "| PatchCore | - | - | - | 1.60 | 2.56 |" in text  # 64 ms over the backbone's 25 ms
+    assert "| ulsad lite: backbone alone | 25.0 |" in text
+    # A report written before the column (no "backbones") renders with the bound left empty.
+    old = markdown_report(_report(with_backbones=False))
+    assert "| PatchCore | - | - | - | 1.60 | - |" in old and "Backbone alone" not in old

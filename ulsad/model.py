@@ -324,12 +324,18 @@ class ULSADModel(nn.Module):
         )
         return gaussian_blur(upsampled.squeeze(1), self.blur_kernel)
 
+    def backbone_input(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) images in [0, 1] -> the backbone's input: normalised, channels-last on
+        the CPU (~20% faster convolutions there)."""
+        normalized = self.extractor.normalize(images)
+        if normalized.device.type == "cpu":
+            normalized = normalized.contiguous(memory_format=torch.channels_last)
+        return normalized
+
     def unnormalized_maps(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Blurred local and global maps at input size, before quantile normalisation (no global
         map when the combined map does not use it: see `uses_global_map`)."""
-        normalized = self.extractor.normalize(images)
-        if normalized.device.type == "cpu":  # channels-last convolutions: ~20% faster on CPU
-            normalized = normalized.contiguous(memory_format=torch.channels_last)
+        normalized = self.backbone_input(images)
         features = self.features(normalized)
         local_map, global_map = self.raw_maps(features, normalized, self.uses_global_map)
         local_map = self.postprocess(local_map)
