@@ -331,14 +331,15 @@ PRESETS: dict[str, ULSADConfig] = {
     # CPU-sized: tf_efficientnet_lite0 blocks 2 and 4 (40 + 112 ch, offline ImageNet weights),
     # pooled to C=96, FeatAE width 384, global AE width 32: 5.0 M parameters, 2.6 GFLOP per image
     # against the paper preset's 51 (benchmarks/presets.py). Each choice below was measured on
-    # MPDD metal_plate, KolektorSDD commutator and MVTec AD bottle together (README, "Presets"):
+    # MPDD metal_plate, KolektorSDD commutator and MVTec AD bottle together (README, "Presets";
+    # every round and candidate in benchmarks/reports/lite_defaults.md, "the record"):
     # - no ReLU after the FeatAE's last layer: standardised features are half negative, which a
     #   ReLU output cannot reconstruct;
     # - 3x3 neighbourhood averaging of both backbone maps (PatchCore's): local-map pixel AUROC
     #   0.970 -> 0.987 and AUPRO 0.908 -> 0.933 on metal_plate; C=152 (no channel pooling) gave
     #   the same maps at twice the cost. Without it on the stride-16 map only, synthetic
-    #   Perlin-blob and scratch defects scored higher and the other four kinds lower (README,
-    #   ninth round);
+    #   Perlin-blob and scratch defects scored higher and the other four kinds lower (the
+    #   record, ninth round);
     # - a budget of optimiser steps, not epochs, at lr 1e-3 with cosine decay: 400 steps of 4
     #   images cost the same whatever the set's size (about 0.22-0.35 s a step on 2 CPU cores,
     #   by machine; less than half once the global branch is pruned, below).
@@ -358,7 +359,7 @@ PRESETS: dict[str, ULSADConfig] = {
     #   AUROC 0.926, AUPRO 0.697 against 0.682 / 0.825 / 0.486 squashed (means; test split,
     #   reported only: a rule of geometry, no choice fitted to it). Square images: unchanged;
     # - 320 px inputs (a 40x40 feature grid instead of 32x32): the synthetic-defect score rose
-    #   in all 9 pairs compared, 3 categories x 3 seeds (+0.007 to +0.047; README "Presets").
+    #   in all 9 pairs compared, 3 categories x 3 seeds (+0.007 to +0.047; the record, third round).
     #   Training takes 1.4x (metal_plate) to 1.9x (commutator) as long; per image, inference
     #   takes 0.88x (batch 1) and 1.13x (batch 8) of the 256 px model before the shortcuts that
     #   pay for it (`uses_global_map`, the FeatAE's local half, the folded backbone:
@@ -369,14 +370,14 @@ PRESETS: dict[str, ULSADConfig] = {
     #   field's default): a step with both branches takes 0.17 s against 0.34 s (float32, every
     #   query), a local-only step 0.08 s against 0.12 s; metal_plate trains in 70-76 s against
     #   107 s (idle, same session). The synthetic-defect score moved by -0.003 to +0.004 in the
-    #   9 category x seed pairs, category means +0.001 / 0.000 / -0.001 (README, fifth round);
+    #   9 category x seed pairs, category means +0.001 / 0.000 / -0.001 (the record, fifth round);
     # - the image score is the mean of the highest 2% of the combined map's pixels, not its
     #   maximum: on the fifth round's 9 trained models the synthetic-defect image AUROC was at
     #   least the maximum's in every pair, and higher by 0.03-0.05 on commutator; 5% and more
-    #   fell below it on bottle (`python -m benchmarks.score_rules`; README, sixth round);
+    #   fell below it on bottle (`python -m benchmarks.score_rules`; the record, sixth round);
     # - at least 5 epochs (`min_epochs`): 400 steps are 3 epochs of commutator's 663 tiles, and
     #   5 (830 steps) raised its synthetic-defect score in all 3 seeds (+0.003 to +0.008) for
-    #   1.5x the training time; sets of up to 320 inputs already get 5 or more (README,
+    #   1.5x the training time; sets of up to 320 inputs already get 5 or more (the record,
     #   seventh round); 8 epochs added 0.0015, within noise. More steps for every set (500)
     #   and a per-step cosine decay did not help.
     "lite": ULSADConfig(

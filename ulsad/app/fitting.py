@@ -37,7 +37,7 @@ def fit_lite(
     """Train a `lite` model on 10-200 good images; checkpoint and training.json go to out_dir.
 
     `augment`: for parts that appear turned or mirrored, the augmentation that lifted MPDD
-    metal_plate's image AUROC from 0.942 to 0.997 (README, "Small training sets")."""
+    metal_plate's image AUROC from 0.942 to 0.997 (README, "Augmentation")."""
     if not FIT_MIN_IMAGES <= len(images) <= FIT_MAX_IMAGES:
         raise ULSADError(
             f"Got {len(images)} images: upload {FIT_MIN_IMAGES} to {FIT_MAX_IMAGES} good "
