@@ -20,6 +20,7 @@ from PIL import Image
 
 import ulsad.hub
 from ulsad import ULSAD, ULSADError
+from ulsad.config import preset_config
 from ulsad.hub import WEIGHTS_DIR
 
 gr = pytest.importorskip("gradio")
@@ -460,18 +461,24 @@ def test_model_cache_evicts_the_least_recently_used(tmp_path):
 
 def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
     images = [(p, p.name) for p in test_images["train"][:10]]
-    with pytest.raises(ULSADError, match="Epochs must be between 1 and 200"):
-        fitting.fit_lite(images, tmp_path / "a", epochs=0)
-    epochs_seen = []
-    with pytest.raises(fitting.FitStopped):
-        fitting.fit_lite(
-            images,
-            tmp_path / "b",
-            epochs=3,
-            callback=lambda e, *_: epochs_seen.append(e),
-            should_stop=lambda: bool(epochs_seen),
-        )
-    assert epochs_seen == [1] and not (tmp_path / "b" / "model.safetensors").exists()
+    with pytest.raises(ULSADError, match="Epochs must be between 0 and 200"):
+        fitting.fit_lite(images, tmp_path / "a", epochs=-1)
+    for epochs in (3, fitting.FIT_AUTO_EPOCHS):
+        seen = []
+        with pytest.raises(fitting.FitStopped):
+            fitting.fit_lite(
+                images,
+                tmp_path / f"b{epochs}",
+                epochs=epochs,
+                callback=lambda epoch, total, *_, seen=seen: seen.append((epoch, total)),
+                should_stop=lambda seen=seen: bool(seen),
+            )
+        assert not (tmp_path / f"b{epochs}" / "model.safetensors").exists()
+        # 0: `ulsad train`'s budget, 400 steps: 200 epochs of the 9 images not held out.
+        lite = preset_config("lite")
+        budget = lite.training_epochs(9)
+        assert seen == [(1, epochs or budget)]
+        assert budget * lite.steps_per_epoch(9) >= lite.steps
 
 
 # ----------------------------------------------------------------------------------- hardening

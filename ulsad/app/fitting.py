@@ -15,9 +15,10 @@ from ulsad.app.inputs import load_upload, number
 from ulsad.errors import ULSADError
 
 FIT_MIN_IMAGES, FIT_MAX_IMAGES = 10, 200
-# The `lite` budget (400 steps of 4 images) for 50 uploads (45 trained on): 75-110 s on 2 cores
-# (the lower end on CPUs that compute bf16 natively, see `training_precision`).
-FIT_DEFAULT_EPOCHS = 36
+# Epochs 0: `ulsad train`'s own budget, the `lite` preset's 400 steps of 4 images (at least 5
+# epochs), so 10 uploads get as many updates as 200 (a fixed 36 epochs gave 10 uploads 72 steps
+# and 200 uploads 1,620). A number of epochs overrides it, as `ulsad train --epochs` does.
+FIT_AUTO_EPOCHS = 0
 # 7 cached copies of each image, rotated by up to +-30 degrees and mirrored half of the time.
 ROTATION_AUGMENTATION = {"augment_copies": 7, "augment_rotation": 30.0, "augment_flip": True}
 
@@ -29,13 +30,14 @@ class FitStopped(ULSADError):
 def fit_lite(
     images: list[tuple[Path, str]],
     out_dir: str | Path,
-    epochs: int = FIT_DEFAULT_EPOCHS,
+    epochs: int = FIT_AUTO_EPOCHS,
     callback: Callable[[int, int, float, float], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     augment: bool = False,
 ) -> ULSAD:
     """Train a `lite` model on 10-200 good images; checkpoint and training.json go to out_dir.
 
+    `epochs`: 0 for the preset's step budget (what `ulsad train` does), else that many epochs.
     `augment`: for parts that appear turned or mirrored, the augmentation that lifted MPDD
     metal_plate's image AUROC from 0.942 to 0.997 (README, "Augmentation")."""
     if not FIT_MIN_IMAGES <= len(images) <= FIT_MAX_IMAGES:
@@ -43,9 +45,11 @@ def fit_lite(
             f"Got {len(images)} images: upload {FIT_MIN_IMAGES} to {FIT_MAX_IMAGES} good "
             "(defect-free) images of one product."
         )
-    epochs = int(number(epochs, "Epochs", 1, 200, integer=True))
-    extra = ROTATION_AUGMENTATION if augment else {}
-    model = ULSAD.from_preset("lite", epochs=epochs, lr_milestones=(epochs,), **extra)
+    epochs = int(number(epochs, "Epochs", 0, 200, integer=True))
+    extra = dict(ROTATION_AUGMENTATION) if augment else {}
+    if epochs:
+        extra.update(epochs=epochs, lr_milestones=(epochs,))  # as `ulsad train --epochs`
+    model = ULSAD.from_preset("lite", **extra)
     side = 2 * model.config.image_size  # decoded once (unreadable files fail here, by name), small
     loaded = []
     for path, name in images:

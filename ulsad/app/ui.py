@@ -10,7 +10,7 @@ import gradio as gr
 
 from ulsad.app import checkpoints
 from ulsad.app.checkpoints import THRESHOLD_KINDS, describe, model_threshold
-from ulsad.app.fitting import FIT_DEFAULT_EPOCHS, FIT_MAX_IMAGES, FIT_MIN_IMAGES
+from ulsad.app.fitting import FIT_AUTO_EPOCHS, FIT_MAX_IMAGES, FIT_MIN_IMAGES
 from ulsad.app.handlers import (
     CACHE,
     batch,
@@ -151,8 +151,8 @@ def build_demo(
             gr.Markdown(
                 f"Upload {FIT_MIN_IMAGES}-{FIT_MAX_IMAGES} **good** (defect-free) images of "
                 "one product, or a zip of them. A `lite` model trains on the CPU in a few "
-                f"minutes ({FIT_DEFAULT_EPOCHS} epochs: 1-2 min for 50 images on 2 "
-                "cores). One training runs at a time; others wait in the queue."
+                "minutes (the `ulsad train` budget of 400 steps: 1-2 min on 2 cores, whatever "
+                "the number of images). One training runs at a time; others wait in the queue."
             )
             with gr.Row():
                 fit_files = gr.File(
@@ -162,12 +162,13 @@ def build_demo(
                 )
                 with gr.Column():
                     epochs = gr.Slider(
-                        1,
+                        0,
                         100,
-                        value=FIT_DEFAULT_EPOCHS,
+                        value=FIT_AUTO_EPOCHS,
                         step=1,
                         label="Epochs",
-                        info="More epochs: better maps, longer training.",
+                        info="0: automatic, as `ulsad train` (400 steps, at least 5 epochs). "
+                        "Or set the number of epochs yourself.",
                     )
                     augment = gr.Checkbox(
                         label="Parts appear turned or mirrored",
