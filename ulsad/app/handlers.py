@@ -175,7 +175,7 @@ def fit(files, epochs, augment, session: Session, progress=PROGRESS):
             model = fit_lite(
                 images,
                 out_dir,
-                inputs.number(epochs, "Epochs", 0, 200, integer=True),
+                epochs,  # checked by fit_lite, before anything else
                 callback=on_epoch,
                 should_stop=lambda: session.stop,
                 augment=bool(augment),
