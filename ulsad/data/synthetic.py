@@ -218,14 +218,14 @@ def make_layout_dataset(
     """
     _check_counts("make_layout_dataset", n_train, n_test_good, n_test_defect)
     out = Path(root) / category
-    jobs = [("train/good", None, i) for i in range(n_train)]
-    jobs += [("test/good", None, i) for i in range(n_test_good)]
+    # (folder, defect, stream, index): each image from its own (stream, index) generator.
+    jobs = [("train/good", None, 0, i) for i in range(n_train)]
+    jobs += [("test/good", None, 1, i) for i in range(n_test_good)]
     jobs += [
-        (f"test/{LAYOUT_DEFECTS[i % 2]}", LAYOUT_DEFECTS[i % 2], i) for i in range(n_test_defect)
+        (f"test/{LAYOUT_DEFECTS[i % 2]}", LAYOUT_DEFECTS[i % 2], 2, i) for i in range(n_test_defect)
     ]
-    for folder, defect, i in jobs:
-        split = ("train/good", "test/good").index(folder) if defect is None else 2
-        image, mask = _render_layout(np.random.default_rng((split, i)), defect)
+    for folder, defect, stream, i in jobs:
+        image, mask = _render_layout(np.random.default_rng((stream, i)), defect)
         _save(image, out / folder / f"{i:03d}.png")
         if defect is not None:
             _save(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{i:03d}_mask.png")
