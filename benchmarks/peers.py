@@ -506,6 +506,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
 
 def markdown_report(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
+    settings = " ".join(f"{k}={v}" for k, v in (m.get("malloc_env") or {}).items())
+    malloc_line = [f"glibc malloc settings: `{settings}` (fit times depend on them: the README's "
+                   "peers tables)."] if settings else []  # fmt: skip
     lines = [
         "# ulsad lite against anomalib PatchCore and PaDiM",
         "",
@@ -518,6 +521,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"Same images, same `{BACKBONE}` ImageNet weights (blocks.2 + blocks.4); each method "
         f"at its default input size (ulsad lite {preset_config('lite').image_size} px, the peers "
         f"{IMAGE_SIZE} px). Peer inputs: {report['peer_preprocessing']}.",
+        *malloc_line,
         "Latency: median batch-1 forward pass over the test images, methods interleaved. Memory: "
         "peak RSS of a fresh process loading the model and scoring "
         f"{s['memory_images']} test images, minus its RSS after imports (file pages: the part "

@@ -36,7 +36,7 @@ def test_memory_probe_splits_the_peak_into_model_and_file_pages(trained_checkpoi
     assert 0 < report["file_pages_mb"] < report["inference_peak_mb"]
 
 
-def _report(with_backbones: bool) -> dict:
+def _report(with_backbones: bool, malloc_env: dict | None = None) -> dict:
     rows = [
         {"method": "ulsad lite", "latency_ms": 40.0},
         {"method": "PatchCore", "latency_ms": 64.0},
@@ -46,7 +46,7 @@ def _report(with_backbones: bool) -> dict:
     if with_backbones:
         category["backbones"] = [{"method": "ulsad lite: backbone alone", "latency_ms": 25.0}]
         category["ratios"][0]["bound_speed_ratio"] = 64.0 / 25.0
-    return {"machine": {}, "settings": {"quick": False, "memory_images": 16}, "argv": [],
+    return {"machine": {"malloc_env": malloc_env or {}}, "settings": {"quick": False, "memory_images": 16}, "argv": [],
             "anomalib": "2.7.0", "peer_preprocessing": "resize", "categories": [category]}  # fmt: skip
 
 
@@ -60,3 +60,13 @@ def test_report_bounds_the_speed_ratio_by_the_backbone_alone():
     # A report written before the column (no "backbones") renders with the bound left empty.
     old = markdown_report(_report(with_backbones=False))
     assert "| PatchCore | - | - | - | 1.60 | - |" in old and "Backbone alone" not in old
+
+
+def test_report_names_the_malloc_settings_it_ran_under():
+    from benchmarks.common import malloc_env
+    from benchmarks.peers import markdown_report
+
+    tuned = {"MALLOC_TRIM_THRESHOLD_": "1073741824"}
+    assert "`MALLOC_TRIM_THRESHOLD_=1073741824`" in markdown_report(_report(True, tuned))
+    assert "glibc malloc" not in markdown_report(_report(True))  # glibc's defaults: no line
+    assert all(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in malloc_env())
