@@ -32,7 +32,11 @@ def malloc_env() -> dict[str, str]:
     depend on them. With freed memory kept (`MALLOC_MMAP_THRESHOLD_=33554432
     MALLOC_TRIM_THRESHOLD_=1073741824`) PatchCore 10%'s fit on metal_plate took 24 s instead of
     105 s, ulsad's 51 s instead of 54 (README, "Presets", the peers tables)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith("MALLOC_") and k.endswith("_")) or k == "GLIBC_TUNABLES"
+    }
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -1,15 +1,17 @@
 """`benchmarks/peers.py` without anomalib (the peer comparison itself needs it, an optional
 extra): the memory probe on ulsad's own model reports numbers that add up, and the report bounds
-the speed ratio by the backbone alone."""
+the speed ratio by the backbone alone and names the malloc settings it ran under."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.common import REPOSITORY
 
@@ -46,8 +48,9 @@ def _report(with_backbones: bool, malloc_env: dict | None = None) -> dict:
     if with_backbones:
         category["backbones"] = [{"method": "ulsad lite: backbone alone", "latency_ms": 25.0}]
         category["ratios"][0]["bound_speed_ratio"] = 64.0 / 25.0
-    return {"machine": {"malloc_env": malloc_env or {}}, "settings": {"quick": False, "memory_images": 16}, "argv": [],
-            "anomalib": "2.7.0", "peer_preprocessing": "resize", "categories": [category]}  # fmt: skip
+    return {"machine": {"malloc_env": malloc_env or {}}, "argv": [], "anomalib": "2.7.0",
+            "settings": {"quick": False, "memory_images": 16}, "peer_preprocessing": "resize",
+            "categories": [category]}  # fmt: skip
 
 
 def test_report_bounds_the_speed_ratio_by_the_backbone_alone():
@@ -62,11 +65,17 @@ def test_report_bounds_the_speed_ratio_by_the_backbone_alone():
     assert "| PatchCore | - | - | - | 1.60 | - |" in old and "Backbone alone" not in old
 
 
-def test_report_names_the_malloc_settings_it_ran_under():
-    from benchmarks.common import malloc_env
+def test_report_names_the_malloc_settings_it_ran_under(monkeypatch):
+    from benchmarks.common import machine, malloc_env
     from benchmarks.peers import markdown_report
+
+    for key in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(key)
+    assert malloc_env() == {}  # glibc's defaults
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
+    monkeypatch.setenv("MALLOCATOR", "not glibc's")  # no trailing underscore: not a tunable
+    assert machine(torch.device("cpu"))["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
     tuned = {"MALLOC_TRIM_THRESHOLD_": "1073741824"}
     assert "`MALLOC_TRIM_THRESHOLD_=1073741824`" in markdown_report(_report(True, tuned))
     assert "glibc malloc" not in markdown_report(_report(True))  # glibc's defaults: no line
-    assert all(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in malloc_env())
