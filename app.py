@@ -2,7 +2,7 @@
 
 A Hugging Face Space (README front matter: `app_file: app.py`) and a local app: `python app.py`
 serves on GRADIO_SERVER_PORT (default 7860), offline, on the embedded default checkpoint.
-The app itself is `ulsad.app` (`pip install "ulsad[app]"`); see README, "Demo app".
+The app itself is `ulsad.app` (`pip install "ulsad[app]"`); see docs/app.md.
 """
 
 import logging

@@ -31,7 +31,7 @@ def malloc_env() -> dict[str, str]:
     """glibc malloc settings from the environment (`MALLOC_*_`, `GLIBC_TUNABLES`): fit times
     depend on them. With freed memory kept (`MALLOC_MMAP_THRESHOLD_=33554432
     MALLOC_TRIM_THRESHOLD_=1073741824`) PatchCore 10%'s fit on metal_plate took 24 s instead of
-    105 s, ulsad's 51 s instead of 54 (README, "Presets", the peers tables)."""
+    105 s, ulsad's 51 s instead of 54 (docs/results.md, the peers tables)."""
     return {
         k: v
         for k, v in os.environ.items()

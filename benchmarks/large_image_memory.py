@@ -1,4 +1,4 @@
-"""Peak memory of `ulsad predict --save-maps` on one large image (README, "Command line").
+"""Peak memory of `ulsad predict --save-maps` on one large image (docs/cli.md, "Large images").
 
     python -m benchmarks.large_image_memory --megapixels 144 --out benchmarks/reports/large_image_memory.json
 

@@ -507,8 +507,8 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
 def markdown_report(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
     malloc = " ".join(f"{k}={v}" for k, v in (m.get("malloc_env") or {}).items())
-    malloc_line = [f"glibc malloc settings: `{malloc}` (fit times depend on them: the README's "
-                   "peers tables)."] if malloc else []  # fmt: skip
+    malloc_line = [f"glibc malloc settings: `{malloc}` (fit times depend on them: "
+                   "docs/results.md, the peers tables)."] if malloc else []  # fmt: skip
     lines = [
         "# ulsad lite against anomalib PatchCore and PaDiM",
         "",

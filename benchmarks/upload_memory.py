@@ -1,4 +1,4 @@
-"""Peak memory of the app's worst allowed uploads (README, "Demo app", limits).
+"""Peak memory of the app's worst allowed uploads (docs/app.md, "Demo app", limits).
 
     python -m benchmarks.upload_memory --out benchmarks/reports/upload_memory.json
 

@@ -495,7 +495,7 @@ def bad_config_folder(trained_checkpoint: Path, folder: Path, **changes) -> Path
 # (id, endpoint, arguments, what the message says). Placeholders in strings: {good} a good
 # image, {text} a text file, {truncated}, {huge} (header of 20000x20000), {wide} (header of
 # 16000x16000: 256 Mpx, 1 KB), {folder} a scratch folder holding a config.json, {ckpt} a real
-# checkpoint folder. README, "Bad input", lists the same cases.
+# checkpoint folder. docs/app.md, "Bad input in the app", lists the same cases.
 UNKNOWN = "Unknown checkpoint: choose one from the list"
 APP_CASES = [
     ("not-an-image", "/inspect", {"image": "{text}"}, "Cannot read notes.txt"),

@@ -68,7 +68,7 @@ def test_default_lite_checkpoint_is_compact_and_scores_like_full(model, tmp_path
         assert torch.equal(value, compact.extractor.state_dict()[name]), name
     images = sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))[::4]
     for a, b in zip(full.predict(images), compact.predict(images), strict=True):
-        scale = max(1.0, abs(a.score))  # FeatAE float16: < 0.1% relative (README)
+        scale = max(1.0, abs(a.score))  # FeatAE float16: < 0.1% relative (docs/checkpoints.md)
         assert abs(a.score - b.score) <= 2e-3 * scale
         assert np.abs(a.anomaly_map - b.anomaly_map).max() <= 2e-3 * scale
     # A trained model is rounded to its storage dtypes before calibration: a re-save is lossless.

@@ -186,7 +186,7 @@ def bad_config_checkpoint(trained_checkpoint, folder, **changes):
 
 # (id, arguments, what the one error line says, refused before any work starts). Placeholders:
 # {ckpt} trained checkpoint, {data} dataset root (category tiny), {image} a good image, {file} an
-# existing plain file, {base} a scratch folder. README, "Bad input", lists the same cases.
+# existing plain file, {base} a scratch folder. docs/cli.md, "Bad input", lists the same cases.
 TRAIN = "train --data {data} --category tiny --epochs 1 --batch-size 2"
 CLI_CASES = [
     ("set-string-image-size", TRAIN + " --out {base}/t --set image_size=abc",

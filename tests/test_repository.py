@@ -77,12 +77,12 @@ def test_private_import_check_can_fail(tmp_path, monkeypatch):
     ]
 
 
-def layout_entries(readme: str) -> list[str]:
-    """The module paths drawn in the README's "Layout" tree (one line per module: the tree's
-    `├──`/`└──` lines; a folder line ends with `/`)."""
+def layout_entries(text: str) -> list[str]:
+    """The module paths drawn in the "Layout" tree of docs/architecture.md (one line per module:
+    the tree's `├──`/`└──` lines; a folder line ends with `/`)."""
     import re
 
-    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```text\n", 1)[1].split("```", 1)[0]
     paths, parents = [], []
     for line in block.splitlines():
@@ -98,13 +98,13 @@ def layout_entries(readme: str) -> list[str]:
     return [p for p in paths if p.endswith(".py")]
 
 
-def test_readme_layout_draws_every_module_of_the_package():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    drawn = set(layout_entries(readme))
+def test_docs_layout_draws_every_module_of_the_package():
+    architecture = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawn = set(layout_entries(architecture))
     package = {str(p.relative_to(ROOT)) for p in (ROOT / "ulsad").rglob("*.py")
                if "__pycache__" not in p.parts}  # fmt: skip
     assert "ulsad/model.py" in package
-    assert not package - drawn, f"modules missing from the README's Layout: {package - drawn}"
+    assert not package - drawn, f"modules missing from docs/architecture.md: {package - drawn}"
     assert not {p for p in drawn if p.startswith("ulsad/")} - package, (
         "Layout names files that do not exist"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # OpenMP's idle threads spin by default; when another job shares the cores, training and
-# inference then slow down 1.4-50x (README, "Shared CPUs"). Sleeping idle threads cost 10-15% on
+# inference then slow down 1.4-50x (docs/speed.md, "Shared CPUs"). Sleeping idle threads cost 10-15% on
 # idle cores (`benchmarks/shared_cpu.py`). OpenMP reads this once, when PyTorch loads, so it is
 # set before `torch` is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

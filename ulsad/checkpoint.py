@@ -67,8 +67,8 @@ def _package_version(package: str) -> str | None:
 
 # Compact format: these parameters are stored in float16. The FeatAE is 95% of the trained
 # weights and tolerates it (scores move by < 0.1%); the global AE (0.9 MB) moves the scores by
-# up to 0.4% in float16, so it stays float32 (benchmarks/storage.py; README, "Checkpoints and
-# the Hugging Face Hub").
+# up to 0.4% in float16, so it stays float32 (benchmarks/storage.py; docs/checkpoints.md,
+# "Compact format").
 COMPACT_HALF_PREFIXES = ("featae.",)
 
 

@@ -39,7 +39,7 @@ def fit_lite(
 
     `epochs`: 0 for the preset's step budget (what `ulsad train` does), else that many epochs.
     `augment`: for parts that appear turned or mirrored, the augmentation that lifted MPDD
-    metal_plate's image AUROC from 0.942 to 0.997 (README, "Augmentation")."""
+    metal_plate's image AUROC from 0.942 to 0.997 (docs/presets.md, "Augmentation")."""
     epochs = int(number(epochs, "Epochs", 0, 200, integer=True))
     if not FIT_MIN_IMAGES <= len(images) <= FIT_MAX_IMAGES:
         raise ULSADError(
