@@ -60,6 +60,6 @@ def figure() -> Image.Image:
 
 
 if __name__ == "__main__":
-    # A 256-colour palette keeps the PNG small (about 100 KB) with no visible banding.
+    # A 256-colour palette keeps the PNG small (about 125 KB) with no visible banding.
     figure().quantize(256, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
     print(f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1e3:.0f} KB")
