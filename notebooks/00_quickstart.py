@@ -54,8 +54,9 @@ from ulsad.data import load_split, make_synthetic_dataset
 from ulsad.devices import resolve_device
 from ulsad.hub import available_checkpoints, read_manifest
 from ulsad.images import find_images, load_image
-from ulsad.plots import hide_axes, maps_figure, markdown_table, score_histogram
 from ulsad.visualize import overlay
+
+from helpers.plots import hide_axes, maps_figure, markdown_table, score_histogram
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
 SHARED_DATA = NOTEBOOKS.parent.parent / "shared" / "data"  # real data beside the repository, if any

@@ -78,7 +78,8 @@ from ulsad.data.download import SOURCES, default_cache
 from ulsad.devices import resolve_device
 from ulsad.experiments import FORMAT, PAPER_RESULTS, make_jobs, run_benchmark, run_category
 from ulsad.images import load_image, to_tensor
-from ulsad.plots import (
+
+from helpers.plots import (
     bar_chart,
     categories_figure,
     examples_figure,

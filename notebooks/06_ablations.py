@@ -59,30 +59,23 @@ SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook 
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
-
 import plotly.graph_objects as go
-import torch
 from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
-import ulsad
 from ulsad import ULSADError
 from ulsad.data import make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
-from ulsad.devices import resolve_device
 from ulsad.experiments import ABLATIONS, make_jobs, run_benchmark
 from ulsad.experiments.tables import load_records
-from ulsad.plots import bar_chart, markdown_table
+
+from helpers import opening
+from helpers.plots import bar_chart, markdown_table
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
-print(
-    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-    f"smoke mode: {SMOKE}"
-)
+print(opening(SMOKE))
 
 if SMOKE:
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-smoke-")
