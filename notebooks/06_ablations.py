@@ -59,7 +59,10 @@ SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook 
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
 import plotly.graph_objects as go
 from IPython.display import Markdown, display

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def opening(smoke: bool) -> str:
-    """Versions, device and mode, the first thing a notebook prints; quiets the warning that
-    Jupyter without ipywidgets gives for every progress bar (text bars are fine)."""
+    """Versions, device and mode: the first thing a notebook prints."""
     import torch
 
     import ulsad
     from ulsad.devices import resolve_device
 
-    warnings.filterwarnings("ignore", message="IProgress not found")
     return (
         f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
         f"smoke mode: {smoke}"
