@@ -312,6 +312,21 @@ def test_quickstart_runs_on_a_fresh_clone(smoke_env, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
+def test_quickstart_scores_the_test_set_once_the_dataset_is_there(smoke_env, real_data):
+    """The next step the quickstart names: with DATA_ROOT set it scores test images of the
+    checkpoint's category (smoke mode: 6, half good) and picks the thresholds on them."""
+    nb = with_parameters(read(QUICKSTART), DATA_ROOT=str(real_data / "mvtec_ad"))
+    summary = run_to_summary(nb)
+    assert summary["origin"] == "test images of mvtec_ad/bottle"
+    assert sorted(summary["labels"]) == [0, 0, 0, 1, 1, 1]
+    assert summary["threshold_basis"] == summary["origin"]
+    assert summary["basis_scores"] == summary["scores"]
+    good = [x for x, y in zip(summary["scores"], summary["labels"], strict=True) if y == 0]
+    assert min(good) <= summary["thresholds"]["5% false alarms on good images"] <= max(good)
+
+
+@pytest.mark.slow
 def test_quickstart_loads_a_checkpoint_from_the_hub(
     hub, trained_checkpoint, smoke_env, monkeypatch
 ):
