@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: machine description, timing, peak memory, tables, JSON.
+"""What the benchmark scripts share: machine description, timing (`ulsad.experiments.timing`),
+peak memory, tables, JSON.
 
 The scripts run as modules from the repository root (`python -m benchmarks.inference`), so they
 import `benchmarks.common` and the eager reference `tests.reference` without touching sys.path,
@@ -9,14 +10,19 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# Timing lives with the experiments (the efficiency notebook measures with it too); the scripts
+# import it from here, as before.
+from ulsad.experiments.timing import interleaved, matmul_gflops, median, synchronize, timed
+
+__all__ = ["REPOSITORY", "interleaved", "machine", "malloc_env", "matmul_gflops", "median",
+           "peak_rss_mb", "python_module", "status_mb", "synchronize", "table", "timed",
+           "write_json"]  # fmt: skip
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -49,47 +55,6 @@ def machine(device: torch.device) -> dict[str, Any]:
         "malloc_env": malloc_env(),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds for one call of `fn`, with the device's queue drained before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved(
-    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured in rounds (a, b, c, a, b, c, ...) so that a
-    change in the machine's load during the run affects all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
-    return times
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
-    """fp32 matrix-multiply rate (GFLOP/s) of this machine now: the yardstick for compute floors."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    times = interleaved({"mm": lambda: a @ b}, device, repeats, warmup=1)["mm"]
-    return 2 * n**3 / median(times) / 1e9
 
 
 def status_mb(field: str, pid: int | str = "self") -> float | None:

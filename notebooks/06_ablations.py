@@ -65,24 +65,20 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
 import plotly.graph_objects as go
-import torch
 from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
-import ulsad
 from ulsad import ULSADError
 from ulsad.data import make_synthetic_dataset
 from ulsad.data.download import SOURCES, default_cache
-from ulsad.devices import resolve_device
 from ulsad.experiments import ABLATIONS, make_jobs, run_benchmark
 from ulsad.experiments.tables import load_records
-from ulsad.plots import bar_chart, markdown_table
+
+from helpers import opening
+from helpers.plots import bar_chart, markdown_table
 
 NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
-print(
-    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-    f"smoke mode: {SMOKE}"
-)
+print(opening(SMOKE))
 
 if SMOKE:
     WORK = tempfile.TemporaryDirectory(prefix="ulsad-smoke-")
@@ -171,24 +167,20 @@ bar_chart(
 # everywhere). lambda = 0 is the `lambda0` variant, 0.5 the `full` one; the others are extra
 # runs of the full model with all three lambdas overridden.
 
+
 # %%
+def run_full(out, **settings):
+    """The runner's records of the `full` variant, with `settings` in place of the common ones."""
+    jobs = make_jobs(DATASET, DATA_ROOT, out, CATEGORIES, **{**common, **settings})
+    if run_benchmark(jobs, executor=EXECUTOR).failed:
+        raise ULSADError(f"{out.name} failed: see {out}")
+    return load_records(out / "full")[0]
+
+
 lambda_records = {0.0: variant_records.get("lambda0"), 0.5: variant_records.get("full")}
 for lam in tqdm(LAMBDAS, desc="lambdas"):
     overrides = {**OVERRIDES, "lambda_local": lam, "lambda_attention": lam, "lambda_global": lam}
-    out = RESULTS_DIR / "lambdas" / f"lambda_{lam:g}"
-    lambda_jobs = make_jobs(
-        DATASET,
-        DATA_ROOT,
-        out,
-        CATEGORIES,
-        preset=PRESET,
-        overrides=overrides,
-        epochs=EPOCHS,
-        device=DEVICE,
-    )
-    if run_benchmark(lambda_jobs, executor=EXECUTOR).failed:
-        raise ULSADError(f"lambda {lam} failed: see {out}")
-    lambda_records[lam] = load_records(out / "full")[0]
+    lambda_records[lam] = run_full(RESULTS_DIR / "lambdas" / f"lambda_{lam:g}", overrides=overrides)
 lambdas = sorted(k for k, v in lambda_records.items() if v)
 rows = [
     [f"{lam:g}", *(f"{mean_metric(lambda_records[lam], k) or float('nan'):.2f}" for k in keys)]
@@ -224,20 +216,7 @@ for preset in tqdm(BACKBONES, desc="backbones"):
     if preset == PRESET:
         backbone_records[preset] = variant_records.get("full") or []
         continue
-    out = RESULTS_DIR / "backbones" / preset
-    preset_jobs = make_jobs(
-        DATASET,
-        DATA_ROOT,
-        out,
-        CATEGORIES,
-        preset=preset,
-        overrides=OVERRIDES,
-        epochs=EPOCHS,
-        device=DEVICE,
-    )
-    if run_benchmark(preset_jobs, executor=EXECUTOR).failed:
-        raise ULSADError(f"preset {preset} failed: see {out}")
-    backbone_records[preset] = load_records(out / "full")[0]
+    backbone_records[preset] = run_full(RESULTS_DIR / "backbones" / preset, preset=preset)
 rows = []
 for preset, records in backbone_records.items():
     train_s = sum(r["timings"]["train_s"] for r in records) / max(len(records), 1)

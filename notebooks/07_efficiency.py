@@ -22,8 +22,9 @@
 # - **checkpoint size** on disk, in fp32 and fp16.
 #
 # Weights do not change any of these, so the `paper` preset is built with a random backbone
-# (no download). Timing and memory helpers come from the repository's benchmark scripts
-# (`benchmarks/common.py`, `benchmarks/inference.py`); section 5 runs the full inference
+# (no download). Timing comes from `ulsad.experiments.timing`, as in the repository's benchmark
+# scripts; peak memory and section 5 run those scripts (`python -m benchmarks.inference`, from
+# the repository root, as they are meant to run); section 5 runs the full inference
 # benchmark (our code against a plain eager re-implementation of the reference, ONNX Runtime)
 # or shows its committed reports. The numbers depend on the machine: read the hardware line.
 #
@@ -47,7 +48,6 @@ SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook 
 
 import json
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -60,31 +60,27 @@ from IPython.display import Markdown, display
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-import ulsad
 from ulsad import ULSAD
 from ulsad.checkpoint import save_pretrained
 from ulsad.devices import resolve_device
-from ulsad.plots import markdown_table
+from ulsad.experiments import environment
+from ulsad.experiments.timing import interleaved, matmul_gflops, median
 
-NOTEBOOKS = Path.cwd()  # run from notebooks/ (as CI does)
-print(
-    f"ulsad {ulsad.__version__}, torch {torch.__version__}, device {resolve_device(None)}, "
-    f"smoke mode: {SMOKE}"
-)
+from helpers import REPOSITORY, benchmark_script, opening
+from helpers.plots import markdown_table
 
-sys.path.insert(0, str(NOTEBOOKS.parent))  # the repository root: the benchmarks package
-from benchmarks.common import interleaved, machine, matmul_gflops, median
-from benchmarks.inference import cpu_memory
+print(opening(SMOKE))
 
 if SMOKE:
     REPEATS, BATCH, RUN_INFERENCE_BENCHMARK = 1, 2, False
 device = resolve_device(DEVICE)
-env = machine(device)  # what the benchmark scripts record with every report
+env = environment(device)  # what the benchmark runner records with every result
+load = os.getloadavg() if hasattr(os, "getloadavg") else None
 hardware = env["cuda_device"] or f"{env['cpu']}, {env['torch_threads']} torch threads"
 rate = matmul_gflops(device, n=2048 if SMOKE else 4096)
 print(
     f"device {device} ({hardware}), torch {env['torch']}, commit {env['git_commit']}, "
-    f"fp32 matmul {rate:.0f} GFLOP/s, load average {env['load_average_start']}"
+    f"fp32 matmul {rate:.0f} GFLOP/s, load average {load}"
 )
 
 
@@ -226,7 +222,9 @@ for r in tqdm(rows, desc="checkpoints and memory"):
         forward(model, 1)()
         r["peak_gpu_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     elif not (SMOKE and r["preset"] == "paper"):  # a fresh process each; smoke: lite only
-        memory = cpu_memory("torch", Path(WORK.name) / f"{r['preset']}-fp32", [1], None)
+        checkpoint = Path(WORK.name) / f"{r['preset']}-fp32"
+        probe = ["--memory-probe", "torch", str(checkpoint), "--batch-sizes", "1"]
+        memory = json.loads(benchmark_script("inference", *probe).splitlines()[-1])
         r["rss_after_import_MiB"], r["peak_rss_MiB"] = (
             memory["rss_after_import_mb"],
             memory["peak_rss_batch1_mb"],
@@ -316,17 +314,15 @@ else:
 # `benchmarks/inference.py` measures the same presets more thoroughly: against a plain eager
 # fp32 re-implementation of the reference code on the same weights and inputs (and checks
 # that the maps agree), with ONNX Runtime, and with peak memory at batch 1 and 16. Full mode
-# runs it here (several minutes on a CPU; `python benchmarks/inference.py --out report.json`
+# runs it here (several minutes on a CPU; `python -m benchmarks.inference --out report.json`
 # from the repository root does the same); reports committed under `benchmarks/` are shown
 # either way.
 
 # %%
-from benchmarks import inference
-
-reports = sorted(p for p in (NOTEBOOKS.parent / "benchmarks").glob("**/inference*.json"))
+reports = sorted(p for p in (REPOSITORY / "benchmarks").glob("**/inference*.json"))
 if RUN_INFERENCE_BENCHMARK:
     out = Path(WORK.name) / "inference.json"
-    inference.main(["--out", str(out)])
+    print(benchmark_script("inference", "--out", str(out)))
     reports.append(out)
 COLUMNS = [
     ("name", "model"),

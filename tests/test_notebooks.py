@@ -1,9 +1,13 @@
-"""The notebooks: committed clean and in sync with their jupytext source, and runnable end to end.
+"""The notebooks: committed in sync with their jupytext source, and runnable end to end.
 
-Every notebook is executed in smoke mode (ULSAD_SMOKE=1: tiny synthetic data, plus a few real
-images where ../shared/data is present) with nbclient, from notebooks/ as working directory, on
-the `python3` kernel of the interpreter running the tests. The last cell each notebook ends with
-defines `summary`; the test appends a cell that prints it as JSON and checks its numbers.
+The quickstart is committed with its outputs (pictures a reader sees without a kernel) and runs as
+a newcomer runs it, on a fresh clone: no dataset anywhere, the Hub unreachable. The others are
+committed without outputs and executed in smoke mode (ULSAD_SMOKE=1: tiny synthetic data, plus a
+few real images where ../shared/data is present); the dataset notebook once per dataset, its
+parameters set as papermill does (a cell after the `parameters` cell). All run with nbclient, from
+notebooks/ as working directory, on the `python3` kernel of the interpreter running the tests. The
+last cell each notebook ends with defines `summary`; the test appends a cell that prints it as JSON
+and checks its numbers.
 """
 
 from __future__ import annotations
@@ -20,17 +24,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 REAL_DATA = REPO.parent / "shared" / "data"
-EXPECTED = [
-    "00_quickstart",
-    "01_mvtec_ad",
-    "02_mvtec_loco",
-    "03_visa",
-    "04_mpdd",
-    "05_btad",
-    "06_ablations",
-    "07_efficiency",
-]
+EXPECTED = ["00_quickstart", "01_dataset", "06_ablations", "07_efficiency"]
 NOTEBOOKS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in EXPECTED]
+QUICKSTART = NOTEBOOK_DIR / "00_quickstart.ipynb"
+DATASETS = ["mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad"]  # notebooks/datasets/<name>.md
 SMOKE_SWITCH = 'SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"'
 CELL_TIMEOUT_S = 300
 PLOTLY = "application/vnd.plotly.v1+json"
@@ -52,6 +49,22 @@ def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
+def parameters_cell(nb) -> int:
+    (index,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    return index
+
+
+def with_parameters(nb, **values):
+    """Set parameters as papermill does: a cell after the `parameters` cell assigns them."""
+    source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
+    nb.cells.insert(parameters_cell(nb) + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def outputs(nb) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
 def test_every_notebook_is_committed():
     found = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     assert found == EXPECTED
@@ -64,12 +77,30 @@ def test_committed_without_outputs_and_one_parameters_cell(path):
     assert nb.metadata.kernelspec.name == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     with_outputs = [i for i, c in enumerate(code) if c.outputs or c.execution_count is not None]
-    assert not with_outputs, f"code cells {with_outputs} have outputs: clear them before committing"
+    if path == QUICKSTART:  # committed executed, top to bottom
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    else:
+        assert not with_outputs, f"code cells {with_outputs} have outputs: clear them first"
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{len(tagged)} cells are tagged parameters"
     params = nb.cells[tagged[0]]
     assert params.cell_type == "code" and "SMOKE = False" in params.source
     assert SMOKE_SWITCH in nb.cells[tagged[0] + 1].source  # ULSAD_SMOKE=1 overrides the cell
+
+
+def test_quickstart_is_committed_with_pictures_a_reader_sees_without_a_kernel():
+    """GitHub and the Hub's viewer render image/png outputs, not plotly's JSON; nothing in the
+    outputs names this machine's folders or ../shared."""
+    found = outputs(read(QUICKSTART))
+    pictures = [o for o in found if "image/png" in o.get("data", {})]
+    assert len(pictures) >= 2  # the maps, and the overlay at the chosen threshold
+    assert any(PLOTLY in o.get("data", {}) for o in found)  # interactive, next to the pictures
+    assert not [o for o in found if o.output_type == "error"]
+    text = json.dumps([o for o in found if PLOTLY not in o.get("data", {})])
+    assert "examples shipped with bottle" in text  # what a fresh clone scores
+    for leak in (str(REPO), str(Path.home()), "shared/data", "/tmp/"):
+        assert leak not in text
+    assert (QUICKSTART.stat().st_size) < 2 * 10**6  # figures at thumbnail size
 
 
 def test_notebooks_match_their_jupytext_source():
@@ -98,12 +129,19 @@ def in_unit_range(*values) -> bool:
 
 
 def check_quickstart(s):
-    assert s["images"] == len(s["scores"]) == len(s["labels"]) == 6
-    assert sorted(s["labels"]) == [0, 0, 0, 1, 1, 1]
+    """A fresh clone: the three examples shipped with bottle, thresholds on its recorded test set."""
+    assert s["origin"] == "the examples shipped with bottle"
+    assert s["images"] == len(s["scores"]) == len(s["labels"]) == 3
+    assert sorted(s["labels"]) == [0, 1, 1]
     assert all(math.isfinite(x) for x in s["scores"])
+    good = [x for x, y in zip(s["scores"], s["labels"], strict=True) if y == 0]
+    assert max(good) < min(x for x, y in zip(s["scores"], s["labels"], strict=True) if y == 1)
+    recorded = json.loads((REPO / "weights" / "bottle" / "eval.json").read_text())["scores"]
+    assert s["basis_scores"] == [r["score"] for r in recorded]  # eval.json: 83 test images
     thresholds = s["thresholds"]
     assert thresholds["checkpoint default"] > 0  # calibrated on held-out good images
-    scores, labels = s["scores"], s["labels"]
+    assert max(good) < thresholds["checkpoint default"]  # the good example passes
+    scores, labels = s["basis_scores"], s["basis_labels"]
 
     def f1(threshold: float) -> float:  # flagged: score > threshold, as Prediction.is_anomalous
         tp = sum(x > threshold and y == 1 for x, y in zip(scores, labels, strict=True))
@@ -112,7 +150,7 @@ def check_quickstart(s):
 
     best = thresholds["best F1 on these images (optimistic)"]
     assert f1(best) == max(f1(x - 1e-9) for x in scores)
-    good = [x for x, y in zip(s["scores"], s["labels"], strict=True) if y == 0]
+    good = [x for x, y in zip(scores, labels, strict=True) if y == 0]
     assert min(good) <= thresholds["5% false alarms on good images"] <= max(good)
 
 
@@ -184,51 +222,108 @@ def check_efficiency(s):
     assert s["patchcore"] is None or s["patchcore"]["latency_ms"] > 0
 
 
-CHECKS = {
-    "00_quickstart": (check_quickstart, 3),
-    "01_mvtec_ad": (check_dataset("mvtec_ad", "bottle"), 6),
-    "02_mvtec_loco": (check_dataset("mvtec_loco"), 7),
-    "03_visa": (check_dataset("visa"), 6),
-    "04_mpdd": (check_dataset("mpdd", "metal_plate"), 6),
-    "05_btad": (check_dataset("btad"), 6),
-    "06_ablations": (check_ablations, 3),
-    "07_efficiency": (check_efficiency, 1),
-}  # notebook: (check of its summary, number of plotly figures it shows)
+RUNS = {
+    "01_dataset-mvtec_ad": ("01_dataset", {"DATASET": "mvtec_ad"}, check_dataset("mvtec_ad", "bottle"), 6),
+    "01_dataset-mvtec_loco": ("01_dataset", {"DATASET": "mvtec_loco"}, check_dataset("mvtec_loco"), 7),
+    "01_dataset-visa": ("01_dataset", {"DATASET": "visa"}, check_dataset("visa"), 6),
+    "01_dataset-mpdd": ("01_dataset", {"DATASET": "mpdd"}, check_dataset("mpdd", "metal_plate"), 6),
+    "01_dataset-btad": ("01_dataset", {"DATASET": "btad"}, check_dataset("btad"), 6),
+    "06_ablations": ("06_ablations", {}, check_ablations, 3),
+    "07_efficiency": ("07_efficiency", {}, check_efficiency, 1),
+}  # fmt: skip
+# run: (notebook, parameters, check of its summary, number of plotly figures it shows)
+
+
+def test_every_dataset_has_a_note_and_a_smoke_run():
+    notes = sorted(p.stem for p in (NOTEBOOK_DIR / "datasets").glob("*.md"))
+    assert notes == sorted(DATASETS)
+    assert sorted(k.split("-", 1)[1] for k in RUNS if k.startswith("01_dataset")) == notes
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_dataset_notes_have_the_sections_the_notebook_shows_and_the_papers_numbers(dataset):
+    from ulsad.experiments import PAPER_RESULTS
+
+    note = (NOTEBOOK_DIR / "datasets" / f"{dataset}.md").read_text()
+    for section in ("Training time", "Get the data", "Layout", "Splits"):
+        assert f"\n## {section}\n" in note
+    assert ("\n## Logical and structural anomalies\n" in note) == (dataset == "mvtec_loco")
+    opening = note.split("\n## ", 1)[0]
+    for metric, value in PAPER_RESULTS[dataset].items():  # the numbers the notebook compares with
+        assert f"{metric.replace('_', ' ').replace('auroc', 'AUROC')} {value}" in " ".join(
+            opening.split()
+        )
 
 
 @pytest.fixture
-def smoke_env(monkeypatch):
+def smoke_env(monkeypatch, tmp_path):
     """The kernel inherits this process's environment."""
     monkeypatch.setenv("ULSAD_SMOKE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touch the network
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("ULSAD_DATA", str(tmp_path / "no-data"))  # `ulsad download`'s folder: empty
     # OpenMP threads that spin while waiting slow torch down many times over when the cores are
     # shared with other processes (as in CI); waiting passively costs nothing measurable.
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(path, smoke_env):
-
-    nb = read(path)
+def run_to_summary(nb) -> dict:
+    """Execute `nb` with a last cell printing its `summary`; fails with CellExecutionError (the
+    cell and its traceback) on any error."""
     nb.cells.append(
         nbformat.v4.new_code_cell(
             "import json as _json, sys as _sys\n"
             "print(_json.dumps({'prefix': _sys.prefix, 'summary': summary}, default=float))"
         )
     )
-    # Fails with CellExecutionError (the cell and its traceback) on any error.
     execute(nb)
-
     result = json.loads(nb.cells[-1].outputs[-1]["text"])
     assert result["prefix"] == sys.prefix  # the kernel runs in this environment
-    assert result["summary"]["smoke"] is True
-    check, n_figures = CHECKS[path.stem]
-    check(result["summary"])
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    figures = [o for o in outputs if PLOTLY in o.get("data", {})]
+    assert not [o for o in outputs(nb) if o.output_type == "error"]
+    return result["summary"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS)
+def test_notebook_runs_in_smoke_mode(run, smoke_env):
+    name, parameters, check, n_figures = RUNS[run]
+    nb = with_parameters(read(NOTEBOOK_DIR / f"{name}.ipynb"), **parameters)
+    summary = run_to_summary(nb)
+    assert summary["smoke"] is True
+    check(summary)
+    figures = [o for o in outputs(nb) if PLOTLY in o.get("data", {})]
     assert len(figures) >= n_figures
+
+
+@pytest.mark.slow
+def test_quickstart_runs_on_a_fresh_clone(smoke_env, monkeypatch):
+    """As a newcomer runs it (not in smoke mode): no dataset where `ulsad download` puts one, no
+    ../shared read (the notebook never looks there), the Hub unreachable."""
+    monkeypatch.delenv("ULSAD_SMOKE")
+    nb = read(QUICKSTART)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "shared" not in code
+    summary = run_to_summary(nb)
+    assert summary["smoke"] is False
+    check_quickstart(summary)
+    found = outputs(nb)
+    assert sum("image/png" in o.get("data", {}) for o in found) >= 2
+    assert sum(PLOTLY in o.get("data", {}) for o in found) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_quickstart_scores_the_test_set_once_the_dataset_is_there(smoke_env, real_data):
+    """The next step the quickstart names: with DATA_ROOT set it scores test images of the
+    checkpoint's category (smoke mode: 6, half good) and picks the thresholds on them."""
+    nb = with_parameters(read(QUICKSTART), DATA_ROOT=str(real_data / "mvtec_ad"))
+    summary = run_to_summary(nb)
+    assert summary["origin"] == "test images of mvtec_ad/bottle"
+    assert sorted(summary["labels"]) == [0, 0, 0, 1, 1, 1]
+    assert summary["threshold_basis"] == summary["origin"]
+    assert summary["basis_scores"] == summary["scores"]
+    good = [x for x, y in zip(summary["scores"], summary["labels"], strict=True) if y == 0]
+    assert min(good) <= summary["thresholds"]["5% false alarms on good images"] <= max(good)
 
 
 @pytest.mark.slow
@@ -242,11 +337,11 @@ def test_quickstart_loads_a_checkpoint_from_the_hub(
     files = {n: (trained_checkpoint / n).read_bytes() for n in ("config.json", "model.safetensors")}
     pinned = hub.commit("acme/quickstart", files)
     hub.commit("acme/quickstart", {"README.md": b"# a later commit\n"})
-    nb = read(NOTEBOOK_DIR / "00_quickstart.ipynb")
-    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    nb = read(QUICKSTART)
+    params = nb.cells[parameters_cell(nb)]
     assert 'CHECKPOINT = "bottle"' in params.source and "REVISION = None" in params.source
-    params.source = params.source.replace('CHECKPOINT = "bottle"', 'CHECKPOINT = "acme/quickstart"')
-    params.source = params.source.replace("REVISION = None", f"REVISION = {pinned!r}")
+    examples = str(REPO / "weights" / "bottle" / "examples")  # the Hub repo has none
+    with_parameters(nb, CHECKPOINT="acme/quickstart", REVISION=pinned, IMAGES=examples)
     nb.cells.append(
         nbformat.v4.new_code_cell("print(source, model.threshold.item(), summary['images'])")
     )

@@ -60,7 +60,7 @@ def private_imports(path: Path) -> list[str]:
 def test_no_module_imports_another_modules_private_names():
     files = [*sorted((ROOT / "ulsad").rglob("*.py")), ROOT / "app.py",
              *sorted((ROOT / "benchmarks").glob("*.py")), *sorted((ROOT / "tests").glob("*.py")),
-             *sorted((ROOT / "notebooks").glob("*.py"))]  # fmt: skip
+             *sorted((ROOT / "notebooks").rglob("*.py"))]  # fmt: skip
     assert len(files) > 20
     found = [hit for path in files for hit in private_imports(path)]
     assert not found, f"private names used across modules: {found}"

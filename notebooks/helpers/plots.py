@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 from ulsad.data import Sample, load_mask
 from ulsad.experiments.tables import markdown_table
 from ulsad.images import load_image
-from ulsad.visualize import display_range, overlay
+from ulsad.visualize import colorize, display_range, overlay
 
 MAP_COLUMNS = ("image", "ground truth", "local map", "global map", "overlay")
 HEATMAPS = {"local map": "local_map", "global map": "global_map", "anomaly map": "anomaly_map"}
@@ -99,7 +99,7 @@ def maps_figure(
     fig.update_layout(
         title=title,
         height=(side + 30) * len(paths) + 80,
-        width=900,
+        width=min(900, len(columns) * (side + 40) + 160),
         margin={"l": 100, "r": 20, "t": 80, "b": 10},
         plot_bgcolor="white",
     )
@@ -257,3 +257,39 @@ def full_runs_table(
         "in percent. How each run was made (command, data, machine load): "
         "`notebooks/full_runs/README.md`."
     )
+
+
+def png(image: Image.Image, side: int | None = None) -> bytes:
+    """PNG bytes of `image` (its longer side scaled to `side`), in 256 colours: a picture a
+    committed notebook carries without growing by megabytes."""
+    import io
+
+    if side is not None:
+        scale = side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+    buffer = io.BytesIO()
+    image.convert("RGB").quantize(256).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def maps_png(
+    paths: Sequence[str | Path],
+    predictions: Sequence[Any],
+    threshold: float | None,
+    side: int = 160,
+) -> bytes:
+    """A static picture (PNG bytes, for `IPython.display.Image`): one row per image with the
+    image, its anomaly map as a heatmap and the overlay outlining the region above `threshold`.
+    Unlike a plotly figure it shows wherever a notebook is read without a kernel (GitHub, the
+    Hub's viewer)."""
+    gap = 4
+    grid = Image.new("RGB", (3 * side + 2 * gap, len(paths) * (side + gap) - gap), "white")
+    for row, (path, pred) in enumerate(zip(paths, predictions, strict=True)):
+        image = load_image(path)
+        vmin, vmax = display_range(pred.anomaly_map, threshold)
+        tiles = (image, Image.fromarray(colorize(pred.anomaly_map, vmin, vmax)),
+                 overlay(image, pred.anomaly_map, threshold))  # fmt: skip
+        for col, tile in enumerate(tiles):
+            corner = (col * (side + gap), row * (side + gap))
+            grid.paste(tile.convert("RGB").resize((side, side)), corner)
+    return png(grid)
