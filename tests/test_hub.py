@@ -91,7 +91,7 @@ def files_of_model(model: ULSAD, tmp: Path | None = None) -> dict[str, bytes]:
 
 
 def test_missing_repo_and_repos_that_are_not_ulsad_checkpoints(hub, model):
-    with pytest.raises(ULSADError, match="'acme/nothing' does not exist"):
+    with pytest.raises(ULSADError, match="no Hub repo 'acme/nothing'"):
         ULSAD.from_pretrained("acme/nothing")
     hub.commit("acme/readme-only", {"README.md": b"# hello\n"})
     with pytest.raises(ULSADError, match=r"is not an ULSAD checkpoint: it has no config\.json"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,33 @@ def check_hub_repo(
     if timeout == constants.DEFAULT_ETAG_TIMEOUT:
         timeout = PROBE_TIMEOUT_S
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+    answer: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            get_hf_file_metadata(
+                url,
+                token=hub.get("token"),
+                timeout=timeout,
+                library_name="ulsad",
+                library_version=__version__,
+                endpoint=endpoint,
+                retry_on_errors=False,
+            )
+            answer.append(None)
+        except Exception as error:
+            answer.append(error)
+
+    # In a thread with a deadline: the request's own timeouts do not cover name resolution,
+    # which a broken resolver can hold for 5-10 s.
+    thread = threading.Thread(target=ask, name="ulsad-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
     try:
-        get_hf_file_metadata(
-            url,
-            token=hub.get("token"),
-            timeout=timeout,
-            library_name="ulsad",
-            library_version=__version__,
-            endpoint=endpoint,
-            retry_on_errors=False,
-        )
+        if not answer:
+            raise TimeoutError(f"no answer within {timeout:g} s")
+        if answer[0] is not None:
+            raise answer[0]
     except RepositoryNotFoundError as error:
         raise ULSADError(
             f"Checkpoint {repo_id!r} not found: {where}no Hub repo {repo_id!r} (if it is private, "
