@@ -12,6 +12,7 @@ import yaml
 from conftest import header_only_png
 from PIL import Image
 
+from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.cli import main
 from ulsad.data import make_synthetic_dataset
 
@@ -89,7 +90,10 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     command = f"ulsad train --data {root} --category tiny --preset lite --epochs 1 --batch-size 4"
     assert f"{command} --out {tmp_path / 'ckpt'}" in card
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "ulsad" and meta["datasets"] == ["mvtec_ad"]
+    assert meta["library_name"] == "ulsad" and "datasets" not in meta and "mvtec-ad" in meta["tags"]
+    assert "\n# ULSAD lite MVTec AD tiny\n" in card  # the model's name, not `# ULSAD`
+    assert CITATION in card and PAPER_URL in card and "## Usage" in card
+    assert EXAMPLE_FIGURE not in card  # a run's folder has no examples/: no figure
     assert meta["license"] == "cc-by-nc-sa-4.0" and "ulsad-lite" in meta["tags"]
     training = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert training["command"].startswith("ulsad train") and training["category"] == "tiny"

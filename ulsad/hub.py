@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from ulsad import locate
-from ulsad.card import write_model_card
+from ulsad.card import EXAMPLE_FIGURE, write_model_card
 from ulsad.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
@@ -159,9 +159,43 @@ UPLOAD_PATTERNS = [
     WEIGHTS_NAME,
     CARD_NAME,
     TRAINING_NAME,
+    EXAMPLE_FIGURE,
     "eval*.json",
     "examples/*",
 ]
+
+
+def write_example_figure(directory: str | Path, model: ULSADModel | None = None) -> Path | None:
+    """`directory/example.png` for the model card: one image of `directory/examples/` (the first
+    whose name does not start with `good`, else the first) beside its anomaly map overlay, the
+    region above the checkpoint's threshold outlined. None (nothing written) without examples.
+    `model`: the checkpoint already loaded (default: loaded from `directory`)."""
+    from PIL import Image
+
+    from ulsad.files import atomic_path
+    from ulsad.images import find_images, load_image
+    from ulsad.inference import predict
+    from ulsad.visualize import overlay
+
+    directory = Path(directory)
+    images = find_images(directory / "examples", recursive=False)
+    if not images:
+        return None
+    chosen = next((p for p in images if not p.name.lower().startswith("good")), images[0])
+    model = load_pretrained(directory) if model is None else model
+    image = load_image(chosen)
+    prediction = predict(model, image)
+    shown = overlay(image, prediction.anomaly_map, prediction.threshold)
+    height = 256
+    width = round(image.width * height / image.height)
+    figure = Image.new("RGB", (2 * width + 8, height), "white")
+    figure.paste(image.resize((width, height), Image.Resampling.BILINEAR), (0, 0))
+    figure.paste(shown.resize((width, height), Image.Resampling.BILINEAR), (width + 8, 0))
+    target = directory / EXAMPLE_FIGURE
+    with atomic_path(target) as tmp:
+        figure.save(tmp, format="PNG", optimize=True)
+    log.info("wrote %s (%s and its map)", target, chosen.name)
+    return target
 
 
 def push_folder(
@@ -185,7 +219,9 @@ def push_folder(
         raise ULSADError(f"Give the Hub repo as 'owner/name', got {repo_id!r}.")
     if not directory.is_dir():
         raise ULSADError(f"{directory} is not a checkpoint folder.")
-    load_pretrained(directory)
+    model = load_pretrained(directory)
+    if not (directory / EXAMPLE_FIGURE).is_file():
+        write_example_figure(directory, model)  # the card shows it (if examples/ has an image)
     write_model_card(directory, license=license, repo_id=repo_id)
     from huggingface_hub import HfApi
 
