@@ -146,3 +146,56 @@ def test_gitattributes_sends_every_binary_file_to_lfs():
     text = (ROOT / ".gitattributes").read_text(encoding="utf-8")
     for pattern in ("*.safetensors", "*.onnx", "*.npy", "*.pt", "*.bin", "*.zip", "*.png"):
         assert f"{pattern} filter=lfs diff=lfs merge=lfs -text" in text.splitlines(), pattern
+
+
+# The deploy command (docs: "Checkpoints, Hub and Space"), run from a clean checkout of this
+# commit: what the Space needs, nothing else; files gone from the checkout are deleted there.
+SPACE_FILES = [
+    "README.md",
+    ".gitattributes",
+    "app.py",
+    "requirements.txt",
+    "ulsad/**",
+    "weights/**",
+]
+
+
+def deploy_command(space: str) -> list[str]:
+    includes = [part for pattern in SPACE_FILES for part in ("--include", pattern)]
+    return ["hf", "upload", space, ".", ".", "--repo-type", "space", *includes,
+            "--exclude", "**/__pycache__/**", "--delete", "*"]  # fmt: skip
+
+
+def test_deploy_command_from_a_clean_checkout(hub, tmp_path):
+    """`hf upload` of a clean checkout (`git archive HEAD`) to a Space: app.py, the package and
+    the embedded checkpoints arrive, tests and notebooks do not, and a redeploy removes files
+    that the checkout no longer has. Against tests/hub_server.py, which speaks the Hub's upload
+    protocol (the real Hub also moves the binaries to LFS/Xet)."""
+    import os
+    import shutil
+    import sys
+
+    hf = shutil.which("hf") or str(Path(sys.executable).with_name("hf"))
+    if not Path(hf).is_file():
+        pytest.skip("the `hf` command (huggingface_hub) is not installed")
+    tracked_files()  # skips outside a git checkout
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT,
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
+    hub.commit("me/space", {"stale.py": b"# deleted by the next deploy\n"})
+    env = {**os.environ, "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run([hf, *deploy_command("me/space")[1:]], cwd=checkout, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    repo = hub.repos["me/space"]
+    files = repo.commits[repo.refs["main"]]
+    assert {"README.md", ".gitattributes", "app.py", "requirements.txt"} <= set(files)
+    assert "ulsad/app/ui.py" in files and "ulsad/cli.py" in files
+    for entry in read_manifest()["checkpoints"].values():
+        for name in ("model.safetensors", "config.json", "README.md", "example.png"):
+            assert f"weights/{entry['path']}/{name}" in files
+    assert "stale.py" not in files
+    assert not [n for n in files if n.startswith(("tests/", "notebooks/", "benchmarks/", "docs/"))]
+    assert files["README.md"] == (checkout / "README.md").read_bytes()
