@@ -467,7 +467,7 @@ def test_a_missing_checkpoint_fails_in_seconds_online(hub, tmp_path, capsys):
     assert code == 2 and seconds < 3, (seconds, err)
     assert err.strip() == (
         "error: Checkpoint 'runs/missing' not found: no folder runs/missing here, and no Hub repo "
-        "'runs/missing' (if it is private, log in with `hf auth login` or pass a token)."
+        "'runs/missing' (if it is private or gated, log in with `hf auth login` or pass a token)."
     )
     assert [p for _, p in hub.requests] == ["/runs/missing/resolve/main/config.json"]
 

@@ -129,11 +129,13 @@ def check_hub_repo(
     cached = try_to_load_from_cache(repo_id, filename, hub.get("cache_dir"), revision=revision)
     if key in _FOUND or isinstance(cached, str):
         return
-    where = f"no folder {repo_id} here, and " if maybe_folder else ""
+    typo = f"Checkpoint {repo_id!r} not found: no folder {repo_id} here, and"
     if hub.get("local_files_only") or constants.is_offline_mode():
+        if not maybe_folder:
+            return  # the download says it, without asking the Hub either
         raise ULSADError(
-            f"Checkpoint {repo_id!r} not found: {where}Hub repo {repo_id!r} is not in the local "
-            "cache (offline: HF_HUB_OFFLINE is set)."
+            f"{typo} Hub repo {repo_id!r} is not in the local cache (offline: HF_HUB_OFFLINE "
+            "is set)."
         )
     timeout = constants.HF_HUB_ETAG_TIMEOUT
     if timeout == constants.DEFAULT_ETAG_TIMEOUT:
@@ -167,10 +169,10 @@ def check_hub_repo(
         if answer[0] is not None:
             raise answer[0]
     except RepositoryNotFoundError as error:
-        raise ULSADError(
-            f"Checkpoint {repo_id!r} not found: {where}no Hub repo {repo_id!r} (if it is private, "
-            "log in with `hf auth login` or pass a token)."
-        ) from error
+        private = "(if it is private or gated, log in with `hf auth login` or pass a token)"
+        if maybe_folder:
+            raise ULSADError(f"{typo} no Hub repo {repo_id!r} {private}.") from error
+        raise ULSADError(f"Hub repo {repo_id!r} does not exist {private}.") from error
     except RevisionNotFoundError as error:
         raise ULSADError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from error
     except EntryNotFoundError as error:
@@ -182,8 +184,13 @@ def check_hub_repo(
         if isinstance(error, TimeoutError) or "timed out" in reason.lower():
             reason = f"no answer within {timeout:g} s"
         log.debug("Hub probe of %s failed: %s", url, reason)
+        if maybe_folder:
+            raise ULSADError(
+                f"{typo} the Hub ({endpoint}) could not be asked about repo {repo_id!r} "
+                f"({reason}): check the name, or your connection."
+            ) from error
         raise ULSADError(
-            f"Checkpoint {repo_id!r} not found: {where}the Hub ({endpoint}) could not be asked "
-            f"about repo {repo_id!r} ({reason}): check the name, or your connection."
+            f"Could not download {repo_id!r} from the Hugging Face Hub ({reason}) and it is not "
+            "in the local cache: check your connection (or HF_HUB_OFFLINE)."
         ) from error
     _FOUND.add(key)
