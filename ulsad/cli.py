@@ -1,8 +1,10 @@
 """Command line: `ulsad train | predict | eval | push | resave | benchmark | download | export`.
 
 User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
-Every argument is checked before any work starts. Heavy imports (torch) happen inside `main`, so
-that Ctrl-C at any time ends with one line, not a traceback. This is the only module that knows
+Every argument is checked before any work starts, a `--checkpoint` too (`ulsad.locate`: a typo
+fails in a second, offline as well). Heavy imports (torch) happen inside the commands, after the
+checks: Ctrl-C at any time ends with one line, not a traceback, and building the parser
+(`--help`, `--version`) imports no torch, numpy or PIL. This is the only module that knows
 flag names: library errors name options by placeholder, rendered here with `FLAGS`; the library's
 progress lines (logging, INFO) are shown on stderr.
 """
@@ -237,8 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_out_file(out / "scores.csv", "--out")
     if args.save_maps:
         check_out_folder(out / "maps", "--out")
-    if args.backend == "torch":  # before the inputs: a mistyped checkpoint fails before torch loads
-        check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint)  # before the inputs: a typo fails before torch loads
     items = _collect_inputs(args.inputs)
 
     import numpy as np
