@@ -28,7 +28,8 @@ SDKS = {"gradio", "streamlit", "docker", "static"}
 COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 SHORT_DESCRIPTION_MAX = 60
 # The Hub's licence identifiers (huggingface.js, packages/hub/src/types/public.ts, `License`).
-LICENSE_IDS = """apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+LICENSE_IDS = """apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m
+    bigscience-bloom-rail-1.0
     bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause
     bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0
     cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0

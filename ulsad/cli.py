@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_parser(sub, "train", "train on the good images of one category",
                    examples("ulsad train --data data/mvtec_ad --category bottle --out runs/bottle",
-                            "ulsad train --data my_good_images --dataset folder --out runs/mine",
+                            "ulsad train --data folder_of_good_images --out runs/mine",
                             "ulsad train --data data/visa --dataset visa --category pcb1 "
                             "--preset paper --out runs/pcb1"))  # fmt: skip
     p.add_argument("--data", required=True,
