@@ -6,10 +6,11 @@ Covered: `HEAD`/`GET /{repo}/resolve/{revision}/{path}` (X-Repo-Commit, ETag, Co
 X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound), `POST /api/repos/create`,
 `POST /api/validate-yaml`, `POST /api/models/{repo}/preupload/{revision}` (every file "regular"),
 `POST /api/models/{repo}/commit/{revision}` (NDJSON, base64 "file" operations, deletions),
-`GET /api/models/{repo}[/revision/{revision}]`. Repos are in memory: commits (40-hex ids) with
+`GET /api/models/{repo}[/revision/{revision}]`, `GET /api/models/{repo}/tree/{revision}` (one
+page, files only); the same under `/api/spaces/` (model and Space repos share one namespace). Repos are in memory: commits (40-hex ids) with
 full file snapshots, branches and tags. Not covered: LFS and Xet uploads (`lfsFile` operations,
 the LFS batch API, Xet tokens), authentication and private-repo access checks, pull requests,
-`paths-info` / `tree` listings, datasets and Spaces, range requests.
+`paths-info`, datasets, Space runtimes and settings, range requests.
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ class HubServer:
 
 
 RESOLVE = re.compile(r"^/(?:(?:models|datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-API_REPO = re.compile(r"^/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?$")
-API_ACTION = re.compile(r"^/api/models/([^/]+/[^/]+)/(preupload|commit)/([^/]+)$")
+KINDS = {"models": "model", "spaces": "space"}  # URL part -> repo type
+API_REPO = re.compile(r"^/api/(?:models|spaces)/([^/]+/[^/]+?)(?:/revision/([^/]+))?$")
+API_ACTION = re.compile(r"^/api/(?:models|spaces)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)$")
+API_TREE = re.compile(r"^/api/(?:models|spaces)/([^/]+/[^/]+)/tree/([^/]+)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -160,7 +163,20 @@ class _Handler(BaseHTTPRequestHandler):
         match = API_REPO.match(path)
         if match:
             return self._repo_info(unquote(match[1]), unquote(match[2] or "main"))
+        match = API_TREE.match(path)
+        if match:
+            return self._tree(unquote(match[1]), unquote(match[2]))
         self._error(404, "NotFound", f"no route for GET {path}")
+
+    def _tree(self, repo_id: str, revision: str) -> None:
+        """`tree/{revision}?recursive=true`: every file of the commit, one page."""
+        found = self._find(repo_id, revision)
+        if found is None:
+            return None
+        repo, commit = found
+        files = repo.commits[commit]
+        self._json(200, [{"type": "file", "path": name, "size": len(files[name]),
+                          "oid": _git_oid(files[name])} for name in sorted(files)])  # fmt: skip
 
     def _find(self, repo_id: str, revision: str):
         """(repo, commit) of `revision`, or None after answering the Hub's 404 for it."""
@@ -204,8 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.server_hub
         if path == "/api/repos/create":
             payload = json.loads(self._body())
-            if payload.get("type", "model") != "model":
-                return self._error(400, "BadRequest", "only model repos are served")
+            if payload.get("type", "model") not in KINDS.values():
+                return self._error(400, "BadRequest", "only model and Space repos are served")
             repo_id = f"{payload['organization']}/{payload['name']}"
             with hub._lock:
                 if repo_id in hub.repos:  # the Hub answers 409 with the repo's url

@@ -234,8 +234,9 @@ def test_ablation_variants_map_to_config_overrides(tmp_path):
 def test_download_command(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_download(dataset, dest=None, *, accept_licence=False):
+    def fake_download(dataset, dest=None, *, accept_licence=False, progress=False):
         calls.append((dataset, dest, accept_licence))
+        assert progress is False  # stderr is no terminal here: no bar
         return tmp_path / dataset
 
     monkeypatch.setattr("ulsad.data.download.download", fake_download)

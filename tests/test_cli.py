@@ -12,6 +12,7 @@ import yaml
 from conftest import header_only_png
 from PIL import Image
 
+from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.cli import main
 from ulsad.data import make_synthetic_dataset
 
@@ -32,8 +33,15 @@ def test_predict_writes_scores_and_maps(trained_checkpoint, synthetic_root, tmp_
     assert code == 0, err
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "score", "map"] and len(rows) == 17
+    assert list(rows[0]) == ["path", "score", "verdict", "threshold", "map"] and len(rows) == 17
     assert str(single.resolve()) in {r["path"] for r in rows}
+    # Each row: the verdict and the threshold it was judged by (the checkpoint's default).
+    threshold = json.loads((trained_checkpoint / "training.json").read_text())["threshold"]
+    assert {r["threshold"] for r in rows} == {f"{threshold:.6f}"}
+    for row in rows:
+        expected = "anomalous" if float(row["score"]) > float(row["threshold"]) else "good"
+        assert row["verdict"] == expected, row
+    assert {r["verdict"] for r in rows} == {"good", "anomalous"}
     scratch = np.load(tmp_path / "maps" / "scratch" / "000.npy")
     assert scratch.dtype == np.float32 and scratch.shape == (128, 128)
     assert Image.open(tmp_path / "maps" / "scratch" / "000.png").size == (128, 128)
@@ -82,7 +90,10 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     command = f"ulsad train --data {root} --category tiny --preset lite --epochs 1 --batch-size 4"
     assert f"{command} --out {tmp_path / 'ckpt'}" in card
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "ulsad" and meta["datasets"] == ["mvtec_ad"]
+    assert meta["library_name"] == "ulsad" and "datasets" not in meta and "mvtec-ad" in meta["tags"]
+    assert "\n# ULSAD lite MVTec AD tiny\n" in card  # the model's name, not `# ULSAD`
+    assert CITATION in card and PAPER_URL in card and "## Usage" in card
+    assert EXAMPLE_FIGURE not in card  # a run's folder has no examples/: no figure
     assert meta["license"] == "cc-by-nc-sa-4.0" and "ulsad-lite" in meta["tags"]
     training = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert training["command"].startswith("ulsad train") and training["category"] == "tiny"
@@ -235,7 +246,8 @@ CLI_CASES = [
     ("predict-not-an-image-file", "predict --checkpoint {ckpt} --out {base}/p {base}/notes.txt",
      "is not an image file", True),
     ("predict-relative-missing-checkpoint", "predict --checkpoint runs/nothing --out {base}/p "
-     "{image}", "'runs/nothing' not found: no such folder, and the Hub repo", False),
+     "{image}", "'runs/nothing' not found: no folder runs/nothing here, and Hub repo "
+     "'runs/nothing' is not in the local cache", True),
     ("predict-missing-checkpoint", "predict --checkpoint {base}/no-ckpt --out {base}/p {image}",
      "not found", False),
     ("predict-checkpoint-is-a-file", "predict --checkpoint {file} --out {base}/p {image}",
@@ -401,3 +413,155 @@ def test_images_up_to_the_documented_limit_are_not_refused_by_pillow(tmp_path):
     assert "decompression bomb" not in "".join(out).lower()
     assert "Cannot read" in out[0]  # header only: read as far as the pixel data
     assert "more than 256,000,000 pixels" in out[1] or "more than the 256,000,000" in out[1]
+
+
+# ------------------------------------------------------------------- fast failures, help, progress
+@pytest.fixture
+def silent_hub(monkeypatch, tmp_path):
+    """A Hub endpoint that accepts connections and never answers (a hung or filtered network),
+    with offline mode off and an empty cache."""
+    import socket
+
+    from huggingface_hub import constants
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # connections complete in the kernel's backlog; nothing ever replies
+    endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    yield endpoint
+    sock.close()
+
+
+def timed_predict(capsys, checkpoint, tmp_path):
+    import time
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    start = time.perf_counter()
+    code, _, err = run(capsys, "predict", "--checkpoint", checkpoint, "--out", tmp_path / "o",
+                         image)  # fmt: skip
+    return code, err, time.perf_counter() - start
+
+
+def test_a_missing_checkpoint_fails_in_seconds_with_the_hub_unreachable(silent_hub, tmp_path,
+                                                                        capsys):  # fmt: skip
+    """`runs/missing` is no folder and looks like a Hub id: one question to the Hub, which does
+    not answer; one line naming both readings, in under 3 s (was 6-30 s of retry lines)."""
+    code, err, seconds = timed_predict(capsys, "runs/missing", tmp_path)
+    assert code == 2 and seconds < 3, (seconds, err)
+    assert err.splitlines() == [err.strip()] and "Retrying" not in err
+    assert err.startswith("error: Checkpoint 'runs/missing' not found: no folder runs/missing here")
+    assert f"the Hub ({silent_hub}) could not be asked about repo 'runs/missing'" in err
+    assert "no answer within 2 s" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_checkpoint_fails_in_seconds_online(hub, tmp_path, capsys):
+    """Online, the Hub says the repo does not exist: both readings, one request, no retries."""
+    code, err, seconds = timed_predict(capsys, "runs/missing", tmp_path)
+    assert code == 2 and seconds < 3, (seconds, err)
+    assert err.strip() == (
+        "error: Checkpoint 'runs/missing' not found: no folder runs/missing here, and no Hub repo "
+        "'runs/missing' (if it is private or gated, log in with `hf auth login` or pass a token)."
+    )
+    assert [p for _, p in hub.requests] == ["/runs/missing/resolve/main/config.json"]
+
+
+def test_a_missing_checkpoint_is_refused_before_torch_loads(tmp_path):
+    """The check comes before the model code: a typo costs Python's start-up, not torch's."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom ulsad.cli import main\n"
+        "code = main(['predict', '--checkpoint', 'runs/missing', '--out', sys.argv[1], 'x.png'])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "o")], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "not in the local cache" in done.stderr
+
+
+def test_the_parser_builds_without_torch_numpy_or_pil():
+    """`ulsad --help` must answer at once: building the parser imports no heavy library."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, ulsad.cli\nulsad.cli.build_parser()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_parser_offers_what_the_library_has():
+    """The names written out in ulsad.cli (to keep the parser light) match the library's."""
+    from ulsad import cli, locate
+    from ulsad.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    from ulsad.data import DATASETS
+    from ulsad.data.download import SOURCES
+    from ulsad.export import DEFAULT_OPSET
+
+    assert list(cli.DATASETS) == list(DATASETS)
+    assert sorted(cli.DOWNLOADS) == sorted(SOURCES)
+    assert cli.DEFAULT_OPSET == DEFAULT_OPSET
+    assert (locate.CONFIG_FILE, locate.WEIGHTS_FILE) == (CONFIG_NAME, WEIGHTS_NAME)
+
+
+def subparsers():
+    import argparse
+
+    from ulsad.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_version_and_help(capsys):
+    from ulsad.version import __version__
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"ulsad {__version__}"
+    parser, verbs = subparsers()
+    assert "examples:" in parser.format_help()
+    for name, verb in verbs.items():
+        text = verb.format_help()
+        assert f"examples:\n  ulsad {name} " in text, name
+        for action in verb._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"ulsad {name} {action.option_strings[0]} has no help text"
+            default = action.default
+            if default not in (None, False, [], "==SUPPRESS=="):
+                shown = " ".join(default) if isinstance(default, list) else default
+                assert f"(default: {shown})" in " ".join(text.split()), (name, action)
+    help_text = " ".join(verbs["predict"].format_help().split())
+    assert "--batch-size BATCH_SIZE images per forward pass (default: 8)" in help_text
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+@pytest.mark.parametrize("quiet", [True, False])
+def test_predict_progress_only_on_a_terminal_without_quiet(trained_checkpoint, synthetic_root,
+                                                           tmp_path, capsys, monkeypatch,
+                                                           terminal, quiet):  # fmt: skip
+    import sys
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    test_dir = synthetic_root / "synthetic" / "test"
+    args = ["predict", "--checkpoint", trained_checkpoint, "--out", tmp_path, "--batch-size", "8",
+            test_dir, *(["--quiet"] if quiet else [])]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    shown = "16/16" in err and "image" in err
+    assert shown == (terminal and not quiet), err

@@ -242,3 +242,32 @@ def test_default_cache(monkeypatch, tmp_path: Path) -> None:
     assert dl.default_cache() == tmp_path
     monkeypatch.delenv("ULSAD_DATA")
     assert dl.default_cache() == Path.home() / ".cache/ulsad/datasets"
+
+
+def test_progress_bar_counts_the_bytes_of_a_resumed_download(server, monkeypatch, tmp_path,
+                                                             capsys) -> None:  # fmt: skip
+    """`progress=True`: a bar on stderr from the resumed offset to the archive's full size."""
+    data = _tar({**VISA_TAR, "big.bin": bytes(range(256)) * 4000})
+    _serve(monkeypatch, server, "visa", data)
+    done = len(data) // 3
+    (tmp_path / "archive.tar.gz.part").write_bytes(data[:done])
+    root = dl.download("visa", tmp_path, progress=True)
+    assert (root / "big.bin").read_bytes() == bytes(range(256)) * 4000
+    err = capsys.readouterr().err
+    total = f"{len(data) / 1024:.2f}k"
+    assert f"{done / 1024:.2f}k/{total}" in err and f"100%|██████████| {total}/{total}" in err, err
+
+
+@pytest.mark.parametrize(("terminal", "quiet"), [(True, False), (True, True), (False, False)])
+def test_cli_download_shows_progress_only_on_a_terminal_without_quiet(
+    server, monkeypatch, tmp_path, capsys, terminal, quiet
+) -> None:
+    from ulsad.cli import main
+
+    _serve(monkeypatch, server, "visa", _tar(VISA_TAR))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    argv = ["download", "visa", "--dest", str(tmp_path), *(["--quiet"] if quiet else [])]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert ("100%" in captured.err) == (terminal and not quiet), captured.err
+    assert captured.out.startswith("visa is in ")

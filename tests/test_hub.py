@@ -4,6 +4,7 @@ with the server stopped, repos that do not exist or are not ours, push then load
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import constants
+from PIL import Image
 
 from ulsad import PRESETS, ULSAD, ULSADError
+from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.cli import main
 
 SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
@@ -91,7 +94,7 @@ def files_of_model(model: ULSAD, tmp: Path | None = None) -> dict[str, bytes]:
 
 
 def test_missing_repo_and_repos_that_are_not_ulsad_checkpoints(hub, model):
-    with pytest.raises(ULSADError, match="'acme/nothing' does not exist"):
+    with pytest.raises(ULSADError, match="no Hub repo 'acme/nothing'"):
         ULSAD.from_pretrained("acme/nothing")
     hub.commit("acme/readme-only", {"README.md": b"# hello\n"})
     with pytest.raises(ULSADError, match=r"is not an ULSAD checkpoint: it has no config\.json"):
@@ -114,13 +117,16 @@ def test_push_to_hub_then_load_what_was_pushed(hub, model):
     assert sorted(repo.commits[commit]) == ["README.md", "config.json", "model.safetensors"]
     card = repo.commits[commit]["README.md"].decode()
     assert yaml.safe_load(card.split("---")[1])["library_name"] == "ulsad"
+    assert "\n# pushed\n" in card and CITATION in card  # named, not `# ULSAD`
+    assert EXAMPLE_FIGURE not in card  # no examples/ to show: no figure promised
     loaded = ULSAD.from_pretrained("me/pushed", revision=commit)
     assert same_outputs(loaded, model)
     # push again (unchanged): create_repo answers 409 "exists", which is fine
     assert model.push_to_hub("me/pushed").rsplit("/", 1)[-1] != ""
 
 
-def test_cli_push_uploads_the_folder_with_its_model_card(hub, trained_checkpoint, tmp_path, capsys):
+def test_cli_push_uploads_the_folder_with_its_model_card(hub, trained_checkpoint, tmp_path, capsys,
+                                                         synthetic_root):  # fmt: skip
     folder = tmp_path / "ckpt"
     folder.mkdir()
     for path in trained_checkpoint.iterdir():
@@ -129,14 +135,27 @@ def test_cli_push_uploads_the_folder_with_its_model_card(hub, trained_checkpoint
     (folder / "train_state.pt").write_bytes(b"resume state: never uploaded")
     eval_record = {"dataset": "mvtec_ad", "category": "synthetic", "image_auroc": 0.875}
     (folder / "eval.json").write_text(json.dumps(eval_record))
+    (folder / "examples").mkdir()
+    defect = next((synthetic_root / "synthetic" / "test" / "scratch").glob("*.png"))
+    (folder / "examples" / "scratch_000.png").write_bytes(defect.read_bytes())
     assert main(["push", "--checkpoint", str(folder), "--repo", "me/cli"]) == 0
     out = capsys.readouterr().out
     commit = out.split("revision='")[1].split("'")[0]
     files = hub.repos["me/cli"].commits[commit]
     assert "train_state.pt" not in files and "eval.json" in files
-    meta = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    card = files["README.md"].decode()
+    meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "ulsad" and "anomaly-detection" in meta["tags"]
-    assert meta["datasets"] == ["mvtec_ad"]
+    assert "datasets" not in meta  # mvtec_ad is no Hub dataset id: named in tags and model-index
+    assert "mvtec-ad" in meta["tags"]
+    # The card: titled by the repo, the paper and its BibTeX, usage, the example beside its map.
+    assert "\n# cli\n" in card and "ULSAD lite MVTec AD synthetic" in card
+    assert PAPER_URL in card and CITATION in card and "## Usage" in card
+    assert 'ULSAD.from_pretrained("me/cli")' in card and "ulsad predict --checkpoint me/cli" in card
+    assert f"]({EXAMPLE_FIGURE})" in card and EXAMPLE_FIGURE in files
+    figure = Image.open(io.BytesIO(files[EXAMPLE_FIGURE]))
+    assert figure.size == (2 * 256 + 8, 256)  # the image and its map overlay side by side
+    assert "examples/scratch_000.png" in files
     metrics = meta["model-index"][0]["results"][0]["metrics"]
     assert {"type": "image_auroc", "value": 0.875, "name": "Image AUROC"} in metrics
     assert (folder / "README.md").read_bytes() == files["README.md"]  # the folder carries it

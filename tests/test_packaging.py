@@ -74,6 +74,7 @@ def installed(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("bottle", "metal_plate"):
         assert f"ulsad/weights/{name}/model.safetensors" in names
+        assert f"ulsad/weights/{name}/example.png" in names  # the model card's figure
     assert "ulsad/weights/manifest.json" in names and "ulsad/__main__.py" in names
     assert not [n for n in names if n.endswith(".pt") or "/tests/" in n]
 

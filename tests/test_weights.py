@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from ulsad import ULSAD
+from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.checkpoint import read_config
 from ulsad.config import preset_config
 from ulsad.data import load_mask, load_split
@@ -30,7 +32,14 @@ def test_manifest_lists_embedded_checkpoints_with_cards():
         folder = WEIGHTS_DIR / entry["path"]
         assert (folder / "model.safetensors").stat().st_size < 10e6  # Spaces: plain git files
         assert "backbone_weights" in json.loads((folder / "config.json").read_text())  # compact
-        assert "ulsad train" in (folder / "README.md").read_text()
+        card = (folder / "README.md").read_text()
+        assert "ulsad train" in card
+        # Named, linked to the paper with its BibTeX, with usage and an example beside its map.
+        assert f"\n# ULSAD `lite` — {entry['title'].split(' (')[0]}\n" in card
+        assert PAPER_URL in card and CITATION in card and "## Usage" in card
+        assert f"]({EXAMPLE_FIGURE})" in card and (folder / EXAMPLE_FIGURE).is_file()
+        meta = yaml.safe_load(card.split("---")[1])
+        assert "datasets" not in meta and meta["model-index"]  # no non-Hub dataset ids
         assert entry["hub_repo_id"].count("/") == 1
         config, _ = read_config(folder / "config.json", name)
         # `ulsad train` defaults: every field of the lite recipe but those training chooses

@@ -16,10 +16,29 @@ from typing import Any
 from ulsad.checkpoint import CARD_NAME, CONFIG_NAME, TRAINING_NAME
 from ulsad.errors import ULSADError
 from ulsad.files import write_text_atomic
+from ulsad.locate import is_hub_repo_id
 
 log = logging.getLogger(__name__)
 
 GENERATED = "<!-- ulsad model card: generated from config.json, training.json and eval*.json -->"
+# The paper, cited the same way by the cards, the README and the docs (one place).
+PAPER_TITLE = (
+    "Revisiting Deep Feature Reconstruction for Logical and Structural Industrial Anomaly Detection"
+)
+PAPER_URL = "https://arxiv.org/abs/2410.16255"
+CITATION = """@misc{patra2024ulsad,
+  title         = {Revisiting Deep Feature Reconstruction for Logical and Structural Industrial
+                   Anomaly Detection},
+  author        = {Patra, Sukanya and Ben Taieb, Souhaib},
+  year          = {2024},
+  eprint        = {2410.16255},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2410.16255}
+}"""
+CODE_URL = "https://github.com/ulsad-project/ulsad"
+# A figure of one example image beside its anomaly map, in the checkpoint folder (written by
+# `ulsad.hub.write_example_figure` from `examples/`); the card shows it only if it exists.
+EXAMPLE_FIGURE = "example.png"
 DATASETS = {  # on-disk layout -> (name, licence of the images: a model trained on them inherits it)
     "mvtec_ad": ("MVTec AD", "cc-by-nc-sa-4.0"),
     "mvtec_loco": ("MVTec LOCO AD", "cc-by-nc-sa-4.0"),
@@ -65,10 +84,7 @@ def card_metadata(directory: str | Path, license: str | None = None) -> dict[str
     )
     evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
     dataset = training.get("dataset") or next((e["dataset"] for e in evals if "dataset" in e), None)
-    category = training.get("category") or next(
-        (e["category"] for e in evals if "category" in e), None
-    )
-    name, data_license = DATASETS.get(str(dataset), (dataset, "other"))
+    data_license = DATASETS.get(str(dataset), (dataset, "other"))[1]
     results = []
     for record in evals:
         label = DATASETS.get(str(record.get("dataset")), (record.get("dataset"),))[0]
@@ -90,17 +106,35 @@ def card_metadata(directory: str | Path, license: str | None = None) -> dict[str
     tags = ["anomaly-detection", "industrial-inspection", "ulsad", f"ulsad-{preset}"]
     if dataset:
         tags.append(str(dataset).replace("_", "-"))
-    model_name = f"ULSAD {preset}" + (f" {name} {category}" if category else "")
+    # No `datasets:`: the Hub links it to Hub dataset ids, and none of the benchmark layouts
+    # (mvtec_ad, mpdd, ...) is one; the tags and the model-index name the data instead.
     data = ModelCardData(
         library_name="ulsad",
         license=license or (data_license if dataset else "other"),
         tags=tags,
-        datasets=[str(dataset)] if dataset and dataset != "folder" else None,
         metrics=sorted({r.metric_type for r in results}) or None,
-        model_name=model_name,
+        model_name=model_name(directory),
         eval_results=results or None,
     )
     return data.to_dict()
+
+
+def model_name(directory: str | Path) -> str:
+    """The model's name: `ULSAD <preset>` and, when known, the data it was trained on
+    (`ULSAD lite MVTec AD bottle`)."""
+    directory = Path(directory)
+    config = _read_json(directory / CONFIG_NAME)
+    training = (
+        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
+    )
+    evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
+    dataset = training.get("dataset") or next((e["dataset"] for e in evals if "dataset" in e), None)
+    category = training.get("category") or next(
+        (e["category"] for e in evals if "category" in e), None
+    )
+    name = DATASETS.get(str(dataset), (dataset, "other"))[0] if dataset else None
+    data = " ".join(str(part) for part in (name, category) if part)
+    return f"ULSAD {config.get('preset', 'custom')}" + (f" {data}" if data else "")
 
 
 def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str:
@@ -110,20 +144,30 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
         _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
     )
     command = training.get("command")
+    name = model_name(directory)
+    title = repo_id.split("/")[-1] if repo_id else name
     lines = [
         GENERATED,
         "",
-        f"# {metadata.get('model_name', 'ULSAD')}",
+        f"# {title}",
         "",
-        f"[ULSAD](https://github.com/ulsad-project/ulsad) anomaly detector, `{config.get('preset')}` "
-        f"preset (backbone `{config.get('backbone')}`, C={config.get('channels')}, FeatAE width "
+        f"{name}: an [ULSAD]({CODE_URL}) anomaly detector, `{config.get('preset')}` preset "
+        f"(backbone `{config.get('backbone')}`, C={config.get('channels')}, FeatAE width "
         f"{config.get('featae_width')}, global AE width {config.get('global_width')}, "
-        f"{config.get('image_size')} px), trained on good images only.",
+        f"{config.get('image_size')} px), trained on good images only. The method: "
+        f"[{PAPER_TITLE}]({PAPER_URL}) (Patra & Ben Taieb, 2024).",
+        "",
+        *example_lines(directory),
+        "## Usage",
         "",
         "```python",
         "from ulsad import ULSAD",
         f'model = ULSAD.from_pretrained("{repo_id or "owner/name"}")  # revision="..." pins a commit',
         'prediction = model.predict("image.png")  # .score, .anomaly_map, .is_anomalous',
+        "```",
+        "",
+        "```bash",
+        f"ulsad predict --checkpoint {repo_id or 'owner/name'} --out scores images/  # scores.csv",
         "```",
         "",
         "## Training command",
@@ -165,8 +209,34 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
         "",
         f"`{metadata.get('license')}`: a model inherits the terms of the images it was trained on.",
         "",
+        *citation_lines(),
     ]
     return "\n".join(lines)
+
+
+def example_lines(directory: Path) -> list[str]:
+    """The card's figure (an example image beside its anomaly map), if the folder has one."""
+    if not (directory / EXAMPLE_FIGURE).is_file():
+        return []
+    return [
+        f"![An example image and its anomaly map: the region above the threshold is outlined]"
+        f"({EXAMPLE_FIGURE})",
+        "",
+    ]
+
+
+def citation_lines() -> list[str]:
+    """A card's citation section: the paper's BibTeX."""
+    return [
+        "## Citation",
+        "",
+        f"[{PAPER_TITLE}]({PAPER_URL})",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
 
 
 def _validation_lines(training: dict[str, Any]) -> list[str]:
@@ -244,6 +314,8 @@ def write_model_card(
     metadata = card_metadata(directory, license=license)
     if handwritten:
         extra = {k: v for k, v in existing.data.to_dict().items() if k not in metadata}
+        if not all(is_hub_repo_id(str(d)) for d in extra.get("datasets") or []):
+            del extra["datasets"]  # e.g. `mvtec_ad`, which earlier cards had: not a Hub id
         metadata = {**extra, **metadata}
         text = existing.text
     else:

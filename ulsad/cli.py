@@ -1,8 +1,10 @@
 """Command line: `ulsad train | predict | eval | push | resave | benchmark | download | export`.
 
 User errors print one line (`error: ...`) and exit with code 2; nothing is left half-written.
-Every argument is checked before any work starts. Heavy imports (torch) happen inside `main`, so
-that Ctrl-C at any time ends with one line, not a traceback. This is the only module that knows
+Every argument is checked before any work starts, a `--checkpoint` too (`ulsad.locate`: a typo
+fails in a second, offline as well). Heavy imports (torch) happen inside the commands, after the
+checks: Ctrl-C at any time ends with one line, not a traceback, and building the parser
+(`--help`, `--version`) imports no torch, numpy or PIL. This is the only module that knows
 flag names: library errors name options by placeholder, rendered here with `FLAGS`; the library's
 progress lines (logging, INFO) are shown on stderr.
 """
@@ -116,6 +118,20 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def check_checkpoint(spec: str) -> None:
+    """Refuse, before torch loads and in a second or two, a checkpoint that is neither a folder,
+    an embedded name nor a Hub repo that exists (`ulsad.locate`); `.onnx` files pass (the
+    backends decide about them)."""
+    if str(spec).endswith(".onnx"):
+        return
+    from ulsad import locate
+
+    _, repo_id = locate.resolve_checkpoint(spec)
+    if repo_id is not None:
+        maybe_folder = str(spec) not in locate.read_manifest()["checkpoints"]
+        locate.check_hub_repo(repo_id, maybe_folder=maybe_folder)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     check_category(args.category)
     check_out_folder(args.out)
@@ -185,15 +201,36 @@ def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return unique
 
 
-def _scores_csv(rows: list[tuple[str, float, str]], maps: bool) -> str:
+SCORE_COLUMNS = ["path", "score", "verdict", "threshold"]  # scores.csv, then "map" with maps
+
+
+def verdict(score: float, threshold: float | None) -> str:
+    """scores.csv's verdict: `anomalous` above the threshold, else `good`; empty without one."""
+    if threshold is None:
+        return ""
+    return "anomalous" if score > threshold else "good"
+
+
+def _scores_csv(rows: list[tuple[str, float, str]], maps: bool, threshold: float | None) -> str:
+    """scores.csv: one row per image; the verdict and the threshold it was judged by (the
+    checkpoint's default, empty when it has none) beside each score."""
     from ulsad.files import csv_cell
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "score", "map"] if maps else ["path", "score"])
+    writer.writerow(SCORE_COLUMNS + (["map"] if maps else []))
+    limit = "" if threshold is None else f"{threshold:.6f}"
     for path, score, rel in rows:
-        writer.writerow([csv_cell(path), f"{score:.6f}", *([csv_cell(rel)] if maps else [])])
+        writer.writerow([csv_cell(path), f"{score:.6f}", verdict(score, threshold), limit,
+                         *([csv_cell(rel)] if maps else [])])  # fmt: skip
     return buffer.getvalue()
+
+
+def progress_bar(total: int, quiet: bool, unit: str) -> Any:
+    """A tqdm bar on stderr, shown only on a terminal and without --quiet."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -202,6 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_out_file(out / "scores.csv", "--out")
     if args.save_maps:
         check_out_folder(out / "maps", "--out")
+    check_checkpoint(args.checkpoint)  # before the inputs: a typo fails before torch loads
     items = _collect_inputs(args.inputs)
 
     import numpy as np
@@ -214,6 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_predictor(args.checkpoint, backend=args.backend, device=args.device)
     threshold = float(model.threshold) if model.calibrated else None
     rows, failed = [], []
+    bar = progress_bar(len(items), args.quiet, "image")
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
         images = []
@@ -221,9 +260,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 images.append((path, rel, load_image(path)))
             except ULSADError as error:
-                print(f"skipped: {error}", file=sys.stderr)
+                bar.write(f"skipped: {error}", file=sys.stderr)
                 failed.append(path)
         if not images:
+            bar.update(len(chunk))
             continue
         predictions = model.predict([im for _, _, im in images], batch_size=args.batch_size)
         for (path, rel, image), prediction in zip(images, predictions, strict=True):
@@ -236,6 +276,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
             del image, prediction
         del images, predictions
+        bar.update(len(chunk))
+    bar.close()
     if not rows:  # nothing scored: an earlier scores.csv stays as it was
         raise ULSADError(
             f"none of the {len(items)} image(s) could be read (listed above); {out} is unchanged."
@@ -243,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     target = out / "scores.csv"
     if target.is_file():  # the previous run's scores are kept, not lost
         target.replace(out / "scores.previous.csv")
-    write_text_atomic(target, _scores_csv(rows, args.save_maps))
+    write_text_atomic(target, _scores_csv(rows, args.save_maps, threshold))
     print(f"Scored {len(rows)} image(s) -> {target}")
     if failed:
         print(
@@ -266,6 +308,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.out and Path(args.checkpoint).is_dir():
         out = Path(args.checkpoint) / out
     check_out_file(out)
+    check_checkpoint(args.checkpoint)
     samples = load_split(args.dataset, args.data, args.category, "test")
     if not samples:
         raise ULSADError(f"No test images for {args.category!r} under {args.data}.")
@@ -298,6 +341,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_resave(args: argparse.Namespace) -> int:
+    check_checkpoint(args.checkpoint)
     import torch
 
     from ulsad.checkpoint import WEIGHTS_NAME
@@ -342,7 +386,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from ulsad.data.download import download
 
-    path = download(args.dataset, args.dest, accept_licence=args.accept_licence)
+    progress = not args.quiet and sys.stderr.isatty()
+    path = download(args.dataset, args.dest, accept_licence=args.accept_licence, progress=progress)
     print(f"{args.dataset} is in {path}: pass --root {path}")
     return 0
 
@@ -351,6 +396,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         raise ULSADError(f"Unknown export format {args.format!r}: choose onnx.")
     check_out_file(args.out)
+    check_checkpoint(args.checkpoint)
     from ulsad.export import export_verified
 
     out, difference, scale = export_verified(args.checkpoint, args.out, opset=args.opset)
@@ -360,24 +406,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help texts with their default appended (`(default: 8)`) where there is one to show, and
+    epilogs (the examples) printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS)
+        if shown and "default" not in text and action.option_strings:
+            value = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+            return f"{text} (default: {value.replace('%', '%%')})"
+        return text
+
+
+def examples(*lines: str) -> str:
+    """An epilog: `examples:` and the command lines, indented."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# Names the parser offers, written out so that `ulsad --help` imports nothing heavy (the library's
+# registries import numpy, PIL and torch); tests/test_cli.py checks them against the library.
+DATASETS = ("mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad", "folder")  # ulsad.data.DATASETS
+DOWNLOADS = ("mvtec_ad", "mvtec_loco", "visa", "btad", "mpdd")  # ulsad.data.download.SOURCES
+DEFAULT_OPSET = 17  # ulsad.export.DEFAULT_OPSET
+DEVICE_HELP = "cpu, cuda, cuda:1, mps (default: the best available)"
+
+
+def add_parser(sub: Any, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    """One verb's parser: its help line, its examples, defaults shown."""
+    return sub.add_parser(
+        name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+
+
 def add_benchmark_parsers(sub: Any) -> None:
     """Add `ulsad benchmark` and `ulsad download` to the subparsers `sub` of `build_parser`."""
     from ulsad.config import PRESETS
-    from ulsad.data import DATASETS
-    from ulsad.data.download import SOURCES
     from ulsad.experiments import ABLATIONS, EXECUTORS
 
-    p = sub.add_parser("benchmark", help="train + evaluate every category; JSONs + summary tables")
-    p.add_argument("--dataset", choices=list(DATASETS), help="on-disk layout of --root")
+    p = add_parser(sub, "benchmark", "train + evaluate every category; JSONs + summary tables",
+                   examples("ulsad benchmark --dataset mvtec_ad --root data/mvtec_ad --out results",
+                            "ulsad benchmark --dataset mvtec_ad --root data/mvtec_ad --out results "
+                            "--categories bottle screw --ablation all",
+                            "ulsad benchmark --summarize results"))  # fmt: skip
+    p.add_argument("--dataset", choices=DATASETS, help="on-disk layout of --root")
     p.add_argument("--root", help="dataset root (the folder holding the category folders)")
-    p.add_argument("--categories", nargs="+", help="default: every category found under --root")
-    p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
+    p.add_argument("--categories", nargs="+", metavar="NAME",
+                   help="categories to run (default: every category found under --root)")  # fmt: skip
+    p.add_argument("--preset", default="lite", choices=sorted(PRESETS),
+                   help="configuration to train")  # fmt: skip
     p.add_argument("--ablation", nargs="+", default=["full"], metavar="NAME",
-                   help=f"variant(s): {', '.join(ABLATIONS)}, or all (default: full)")  # fmt: skip
-    p.add_argument("--epochs", type=positive_int, help="default: the preset's")
+                   help=f"variant(s): {', '.join(ABLATIONS)}, or all")  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, help="epochs per category (default: the preset's)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set image_size=128")  # fmt: skip
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+                   help="override a config field, e.g. --set image_size=128 (repeatable)")  # fmt: skip
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size")
     p.add_argument("--out", help="results folder (re-use it to resume)")
     p.add_argument("--executor", choices=list(EXECUTORS), default="local",
@@ -387,74 +474,116 @@ def add_benchmark_parsers(sub: Any) -> None:
                    help="only rebuild the summary tables from RESULTS_DIR's JSONs")  # fmt: skip
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("download", help="download and extract a benchmark dataset")
-    p.add_argument("dataset", choices=list(SOURCES))
+    p = add_parser(sub, "download", "download and extract a benchmark dataset",
+                   examples("ulsad download visa",
+                            "ulsad download mvtec_ad --accept-licence --dest data"))  # fmt: skip
+    p.add_argument("dataset", choices=DOWNLOADS, help="which dataset")
     p.add_argument("--dest", help="parent folder (default: $ULSAD_DATA or ~/.cache/ulsad/datasets)")
     p.add_argument("--accept-licence", action="store_true",
                    help="accept the dataset's licence (MVTec datasets ask for it)")  # fmt: skip
+    add_quiet(p)
     p.set_defaults(func=cmd_download)
 
 
 def add_export_parser(sub: Any) -> None:
     """Add `ulsad export` to the subparsers `sub` of `build_parser`."""
-    from ulsad.export import DEFAULT_OPSET
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> score and maps)")
-    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p = add_parser(sub, "export", "export a checkpoint to ONNX (image -> score and maps)",
+                   examples("ulsad export --checkpoint bottle --out bottle.onnx",
+                            "ulsad predict --backend onnx --checkpoint bottle.onnx --out scores "
+                            "images/"))  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="file format")
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.set_defaults(func=cmd_export)
 
 
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """`-q/--quiet`: no progress bar and no progress lines (errors and the result still print)."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar or progress lines (a bar shows only on a terminal)")  # fmt: skip
+
+
+CHECKPOINT_HELP = "checkpoint folder, embedded name (bottle, metal_plate) or Hub repo id owner/name"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Imports nothing heavy (no torch, numpy or PIL): `--help` and
+    `--version` answer at once."""
     from ulsad.config import PRESETS
+    from ulsad.version import __version__
 
-    parser = Parser(prog="ulsad", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    datasets = ["mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad", "folder"]
+    parser = Parser(
+        prog="ulsad", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+        epilog=examples("ulsad predict --checkpoint bottle --out scores images/",
+                        "ulsad train --data data/mvtec_ad --category bottle --out runs/bottle",
+                        "ulsad <command> --help"),
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"ulsad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("train", help="train on the good images of one category")
-    p.add_argument("--data", required=True, help="dataset root (e.g. .../mvtec_ad)")
+    p = add_parser(sub, "train", "train on the good images of one category",
+                   examples("ulsad train --data data/mvtec_ad --category bottle --out runs/bottle",
+                            "ulsad train --data folder_of_good_images --out runs/mine",
+                            "ulsad train --data data/visa --dataset visa --category pcb1 "
+                            "--preset paper --out runs/pcb1"))  # fmt: skip
+    p.add_argument("--data", required=True,
+                   help="dataset root (e.g. data/mvtec_ad), or a folder of good images")  # fmt: skip
     p.add_argument("--category", help="category folder under --data (omit: --data holds images)")
-    p.add_argument("--dataset", default="mvtec_ad", choices=datasets, help="on-disk layout")
-    p.add_argument("--preset", default="lite", choices=sorted(PRESETS))
+    p.add_argument("--dataset", default="mvtec_ad", choices=DATASETS, help="on-disk layout")
+    p.add_argument("--preset", default="lite", choices=sorted(PRESETS),
+                   help="configuration: lite (CPU-sized) or paper (the paper's)")  # fmt: skip
     p.add_argument("--steps", type=positive_int,
                    help="optimiser steps, rounded up to whole epochs and to at least the "
                         "preset's min_epochs (default: the preset's)")  # fmt: skip
     p.add_argument("--epochs", type=positive_int,
                    help="train this many epochs instead of a step budget")  # fmt: skip
-    p.add_argument("--batch-size", type=training_batch_size, help="at least 2 (BatchNorm)")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--batch-size", type=training_batch_size,
+                   help="images per step, at least 2 for BatchNorm (default: the preset's)")  # fmt: skip
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--out", required=True, help="checkpoint folder (also holds the resume state)")
     p.add_argument("--save-every", type=positive_int, default=5, help="epochs per resume state")
     p.add_argument("--restart", action="store_true", help="ignore a saved state in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set channels=128")  # fmt: skip
+                   help="override a config field, e.g. --set channels=128 (repeatable)")  # fmt: skip
     p.set_defaults(func=cmd_train, flags={"root": "--data"})  # the dataset root is --data here
 
-    p = sub.add_parser("predict", help="score images; write scores.csv (and maps)")
-    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
-    p.add_argument("--out", required=True)
+    p = add_parser(sub, "predict", "score images; write scores.csv (and maps)",
+                   examples("ulsad predict --checkpoint bottle --out scores images/",
+                            "ulsad predict --checkpoint runs/bottle --out scores --save-maps a.png "
+                            "b.png",
+                            "ulsad predict --checkpoint owner/name --out scores --device cuda "
+                            "images/"))  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--out", required=True,
+                   help="output folder: scores.csv (path, score, verdict, threshold), maps/")  # fmt: skip
     p.add_argument("--save-maps", action="store_true", help="also write .npy maps + PNG overlays")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--device")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument("--device", help=DEVICE_HELP.replace("the best available", "cpu"))
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="onnx: ONNX Runtime (faster on CPU; takes .onnx files)")  # fmt: skip
+    add_quiet(p)
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("eval", help="image/pixel AUROC and AUPRO on a test split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--dataset", default="mvtec_ad", choices=datasets)
+    p = add_parser(sub, "eval", "image/pixel AUROC and AUPRO on a test split",
+                   examples("ulsad eval --checkpoint runs/bottle --data data/mvtec_ad "
+                            "--category bottle",
+                            "ulsad eval --checkpoint bottle --data data/mvtec_ad --category bottle "
+                            "--out bottle.json"))  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--data", required=True, help="dataset root (e.g. data/mvtec_ad)")
+    p.add_argument("--category", required=True, help="category folder under --data")
+    p.add_argument("--dataset", default="mvtec_ad", choices=DATASETS, help="on-disk layout")
     p.add_argument("--out", help="JSON path (default: eval_CATEGORY.json in the checkpoint folder)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--device")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument("--device", help=DEVICE_HELP.replace("the best available", "cpu"))
     p.set_defaults(func=cmd_eval, flags={"root": "--data"})  # the dataset root is --data here
 
-    p = sub.add_parser("push", help="upload a checkpoint folder and its model card to the Hub")
+    p = add_parser(sub, "push", "upload a checkpoint folder and its model card to the Hub",
+                   examples("ulsad push --checkpoint runs/bottle --repo me/ulsad-bottle",
+                            "ulsad push --checkpoint runs/bottle --repo me/ulsad-bottle "
+                            "--private"))  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--repo", required=True, help="Hub repo id owner/name (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -462,8 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`)")
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("resave", help="re-write a checkpoint in the compact format")
-    p.add_argument("--checkpoint", required=True, help="folder, embedded name or Hub repo id")
+    p = add_parser(sub, "resave", "re-write a checkpoint in the compact format",
+                   examples("ulsad resave --checkpoint runs/old",
+                            "ulsad resave --checkpoint owner/name --out runs/copy --full"))  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", help="folder to write (default: --checkpoint itself)")
     p.add_argument("--full", action="store_true",
                    help="float32 with the backbone copied (the format of ulsad 0.1)")  # fmt: skip
@@ -486,9 +617,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     configure_logging()
     args = argparse.Namespace()
+    library_log = logging.getLogger("ulsad")
+    level = library_log.level
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv  # `ulsad train` records its exact command in the model card
+        if getattr(args, "quiet", False):  # progress lines off; warnings and errors still show
+            library_log.setLevel(logging.WARNING)
         return args.func(args)
     except ULSADError as error:
         print(f"error: {error.render({**FLAGS, **getattr(args, 'flags', {})})}", file=sys.stderr)
@@ -496,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        library_log.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,15 @@ Hugging Face Hub repo; loading by any of these names (`load_pretrained`) and pub
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from ulsad.card import write_model_card
+from ulsad import locate
+from ulsad.card import EXAMPLE_FIGURE, write_model_card
 from ulsad.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
@@ -32,38 +31,14 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=ULSADModel)
 
 
-def _weights_dir() -> Path:
-    """The embedded checkpoints: `ulsad/weights` in an installed wheel (pyproject.toml maps the
-    repository's `weights/` there), `weights/` beside the package in a source checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "weights"
-    return installed if (installed / "manifest.json").is_file() else here.parent / "weights"
-
-
-WEIGHTS_DIR = _weights_dir()
-
-
-# A Hugging Face Hub repo id: owner/name, letters, digits and . _ -, not starting with . or -
-# (huggingface_hub's own rule), at most 96 characters each side.
-HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-
-
-def is_hub_repo_id(text: str) -> bool:
-    """Whether `text` is a well-formed Hub repo id `owner/name` (no path tricks: no `..`, `--`)."""
-    return (
-        bool(HUB_REPO_ID.fullmatch(text))
-        and ".." not in text
-        and "--" not in text
-        and not text.endswith((".", ".git"))
-    )
+WEIGHTS_DIR = locate.WEIGHTS_DIR  # tests and apps may point it elsewhere
+HUB_REPO_ID = locate.HUB_REPO_ID
+is_hub_repo_id = locate.is_hub_repo_id
 
 
 def read_manifest() -> dict[str, Any]:
     """`weights/manifest.json`: embedded checkpoints and the Hub repos where published ones live."""
-    path = WEIGHTS_DIR / "manifest.json"
-    if not path.is_file():
-        return {"default": None, "checkpoints": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return locate.read_manifest(WEIGHTS_DIR)
 
 
 def download_file(
@@ -131,35 +106,14 @@ def download_file(
 
 
 def resolve_checkpoint(spec: str | Path, local: bool = True) -> tuple[Path | None, str | None]:
-    """(local checkpoint folder, None) or (None, Hub repo id) for a folder, embedded name or id.
-
-    `local=False`: only embedded names and Hub repo ids (no folders, nothing about the file system
-    in the messages): what a public app accepts from its users."""
-    text = str(spec)
-    entry = read_manifest()["checkpoints"].get(text)
-    if local:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            return path, None
-        if entry is None and path.exists():
-            raise ULSADError(f"Checkpoint {text!r} is a file, not a checkpoint folder.")
-    if entry is not None and (WEIGHTS_DIR / entry["path"] / WEIGHTS_NAME).is_file():
-        return WEIGHTS_DIR / entry["path"], None
-    repo_id = entry["hub_repo_id"] if entry is not None else text
-    if not is_hub_repo_id(repo_id):
-        folder = "not a folder, " if local else ""
-        raise ULSADError(
-            f"Checkpoint {text!r} not found: {folder}not an embedded checkpoint "
-            f"({', '.join(available_checkpoints()) or 'none installed'}), "
-            "not a Hub repo id of the form 'owner/name'."
-        )
-    return None, repo_id
+    """(local checkpoint folder, None) or (None, Hub repo id): `ulsad.locate.resolve_checkpoint`
+    over this module's `WEIGHTS_DIR`."""
+    return locate.resolve_checkpoint(spec, local=local, weights_dir=WEIGHTS_DIR)
 
 
 def available_checkpoints() -> list[str]:
     """Names of the embedded checkpoints present in this installation."""
-    entries = read_manifest()["checkpoints"]
-    return [n for n, e in entries.items() if (WEIGHTS_DIR / e["path"] / WEIGHTS_NAME).is_file()]
+    return locate.available_checkpoints(WEIGHTS_DIR)
 
 
 def load_pretrained(
@@ -186,6 +140,8 @@ def load_pretrained(
 
     if repo_id is not None:  # config first: a repo that is not ours fails before a big download
         maybe_folder = local and spec not in read_manifest()["checkpoints"]
+        # One quick question first: a typo fails in seconds, not after the download's retries.
+        locate.check_hub_repo(repo_id, revision, maybe_folder, CONFIG_NAME, **hub)
         config_path = download_file(repo_id, CONFIG_NAME, revision, hub, maybe_folder, local)
         read_config(config_path, shown(config_path))
         weights_path = download_file(repo_id, WEIGHTS_NAME, revision, hub, local=local)
@@ -203,9 +159,43 @@ UPLOAD_PATTERNS = [
     WEIGHTS_NAME,
     CARD_NAME,
     TRAINING_NAME,
+    EXAMPLE_FIGURE,
     "eval*.json",
     "examples/*",
 ]
+
+
+def write_example_figure(directory: str | Path, model: ULSADModel | None = None) -> Path | None:
+    """`directory/example.png` for the model card: one image of `directory/examples/` (the first
+    whose name does not start with `good`, else the first) beside its anomaly map overlay, the
+    region above the checkpoint's threshold outlined. None (nothing written) without examples.
+    `model`: the checkpoint already loaded (default: loaded from `directory`)."""
+    from PIL import Image
+
+    from ulsad.files import atomic_path
+    from ulsad.images import find_images, load_image
+    from ulsad.inference import predict
+    from ulsad.visualize import overlay
+
+    directory = Path(directory)
+    images = find_images(directory / "examples", recursive=False)
+    if not images:
+        return None
+    chosen = next((p for p in images if not p.name.lower().startswith("good")), images[0])
+    model = load_pretrained(directory) if model is None else model
+    image = load_image(chosen)
+    prediction = predict(model, image)
+    shown = overlay(image, prediction.anomaly_map, prediction.threshold)
+    height = 256
+    width = round(image.width * height / image.height)
+    figure = Image.new("RGB", (2 * width + 8, height), "white")
+    figure.paste(image.resize((width, height), Image.Resampling.BILINEAR), (0, 0))
+    figure.paste(shown.resize((width, height), Image.Resampling.BILINEAR), (width + 8, 0))
+    target = directory / EXAMPLE_FIGURE
+    with atomic_path(target) as tmp:
+        figure.save(tmp, format="PNG", optimize=True)
+    log.info("wrote %s (%s and its map)", target, chosen.name)
+    return target
 
 
 def push_folder(
@@ -229,7 +219,9 @@ def push_folder(
         raise ULSADError(f"Give the Hub repo as 'owner/name', got {repo_id!r}.")
     if not directory.is_dir():
         raise ULSADError(f"{directory} is not a checkpoint folder.")
-    load_pretrained(directory)
+    model = load_pretrained(directory)
+    if not (directory / EXAMPLE_FIGURE).is_file():
+        write_example_figure(directory, model)  # the card shows it (if examples/ has an image)
     write_model_card(directory, license=license, repo_id=repo_id)
     from huggingface_hub import HfApi
 

@@ -5,7 +5,8 @@
 verifies its sha256 (digests as published by anomalib; logged when unknown), extracts it (tar or
 zip, rejecting members that would land outside the destination) and returns the dataset root
 (the ``root`` of ``load_split`` and ``make_jobs``). A second call returns at once. Standard
-library only; progress is logged (``logging``).
+library and tqdm only; steps are logged (``logging``), and ``progress=True`` shows the bytes
+downloaded as a bar on stderr (multi-GB archives take minutes).
 
 MVTec AD and MVTec LOCO AD are downloaded only with ``accept_licence=True``: MVTec asks users to
 accept the licence (CC BY-NC-SA 4.0) on the dataset page first. MPDD has no direct link (OneDrive).
@@ -17,12 +18,14 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from ulsad.errors import ULSADError
@@ -89,8 +92,16 @@ def default_cache() -> Path:
     return Path(os.environ.get("ULSAD_DATA") or "~/.cache/ulsad/datasets").expanduser()
 
 
-def download(dataset: str, dest: str | Path | None = None, *, accept_licence: bool = False) -> Path:
-    """Download and extract ``dataset`` under ``dest/<dataset>``; return the dataset root."""
+def download(
+    dataset: str,
+    dest: str | Path | None = None,
+    *,
+    accept_licence: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Download and extract ``dataset`` under ``dest/<dataset>``; return the dataset root.
+
+    ``progress``: a bar of the bytes downloaded on stderr (the command line's, on a terminal)."""
     if dataset not in SOURCES:
         raise ULSADError(
             f"no download for '{dataset}'; downloadable datasets: {', '.join(SOURCES)}."
@@ -124,15 +135,25 @@ def download(dataset: str, dest: str | Path | None = None, *, accept_licence: bo
     target.parent.mkdir(parents=True, exist_ok=True)
     name = PurePosixPath(urlparse(source.url).path).name or f"{dataset}.archive"
     archive = target.parent / name
-    fetch(source.url, archive, sha256=source.sha256, page=source.page)
+    fetch(source.url, archive, sha256=source.sha256, page=source.page, progress=progress)
+    log.info("extracting %s -> %s", archive.name, target)
     extract(archive, target)
     (target / MARKER).write_text(f"{source.url}\n", encoding="utf-8")
     archive.unlink()
     return root
 
 
-def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float = 30.0) -> Path:
+def fetch(
+    url: str,
+    path: Path,
+    *,
+    sha256: str | None,
+    page: str,
+    timeout: float = 30.0,
+    progress: bool = False,
+) -> Path:
     """Download ``url`` to ``path`` through ``path.part``, resuming it; verify ``sha256``.
+    ``progress``: show the bytes as a tqdm bar on stderr.
 
     On a checksum mismatch the partial file is deleted and ULSADError raised; with no expected
     digest the computed one is logged (a warning) so that it can be recorded.
@@ -149,7 +170,7 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
             mode = "ab" if offset and response.status == 206 else "wb"
             log.info("downloading %s -> %s", url, path)
             with part.open(mode) as out:
-                shutil.copyfileobj(response, out, CHUNK)
+                copy(response, out, offset if mode == "ab" else 0, progress, path.name)
     except urllib.error.HTTPError as exc:
         if exc.code != 416 or not offset:  # 416: the .part file is already complete
             raise _unreachable(url, page, f"HTTP {exc.code}") from exc
@@ -168,6 +189,23 @@ def fetch(url: str, path: Path, *, sha256: str | None, page: str, timeout: float
         )
     part.replace(path)
     return path
+
+
+def copy(response: Any, out: BinaryIO, done: int, progress: bool, name: str) -> None:
+    """Copy the body of ``response`` to ``out`` in chunks; with ``progress``, a bar of bytes
+    (its total from Content-Length, plus the ``done`` bytes of a resumed file)."""
+    if not progress:
+        shutil.copyfileobj(response, out, CHUNK)
+        return
+    from tqdm import tqdm
+
+    length = response.headers.get("Content-Length")
+    total = done + int(length) if length and length.isdigit() else None
+    with tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=name, file=sys.stderr) as bar:  # fmt: skip
+        for block in iter(lambda: response.read(CHUNK), b""):
+            out.write(block)
+            bar.update(len(block))
 
 
 def _unreachable(url: str, page: str, reason: str) -> ULSADError:
