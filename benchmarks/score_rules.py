@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ulsad.synthetic_defects import synthetic_defects
 
 from ulsad import ULSAD
 from ulsad.metrics import image_auroc
 from ulsad.model import top_count, top_mean
-from ulsad.synthetic_defects import synthetic_defects
 from ulsad.train import build_cache, cache_maps, load_images, training_data
 
 

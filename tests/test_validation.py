@@ -8,13 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from ulsad import ULSAD, ULSADConfig, ULSADError
-from ulsad.data import make_layout_dataset, make_synthetic_dataset
-from ulsad.data.synthetic import LAYOUT_DEFECTS
-from ulsad.model import top_mean
 from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
-from ulsad.train import pruned_after
 from ulsad.validation import (
     ValidationMaps,
     best_weight,
@@ -22,6 +16,12 @@ from ulsad.validation import (
     f1_threshold,
     fusion_table,
 )
+
+from ulsad import ULSAD, ULSADConfig, ULSADError
+from ulsad.data import make_layout_dataset, make_synthetic_dataset
+from ulsad.data.synthetic import LAYOUT_DEFECTS
+from ulsad.model import top_mean
+from ulsad.train import pruned_after
 
 
 # ----------------------------------------------------------------------------- schedule

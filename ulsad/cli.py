@@ -32,6 +32,7 @@ FLAGS = {
     "out": "--out",
     "root": "--root",
     "dataset": "--dataset",
+    "category": "--category",
     "executor_ray": "--executor ray",
     "backend_onnx": "--backend onnx",
     "device_cpu": "--device cpu",
@@ -362,10 +363,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_benchmark_parsers(sub: Any) -> None:
     """Add `ulsad benchmark` and `ulsad download` to the subparsers `sub` of `build_parser`."""
-    from ulsad.config import PRESETS
     from ulsad.data import DATASETS
     from ulsad.data.download import SOURCES
     from ulsad.experiments import ABLATIONS, EXECUTORS
+    from ulsad.presets import PRESETS
 
     p = sub.add_parser("benchmark", help="train + evaluate every category; JSONs + summary tables")
     p.add_argument("--dataset", choices=list(DATASETS), help="on-disk layout of --root")
@@ -408,7 +409,7 @@ def add_export_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ulsad.config import PRESETS
+    from ulsad.presets import PRESETS
 
     parser = Parser(prog="ulsad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

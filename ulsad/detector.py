@@ -16,8 +16,12 @@ import torch
 
 from ulsad import hub
 from ulsad.checkpoint import save_pretrained
+from ulsad.config import ULSADConfig
+from ulsad.data import training_images
 from ulsad.inference import ImageInput, Prediction, predict
 from ulsad.model import ULSADModel
+from ulsad.presets import preset
+from ulsad.recipe import TrainingRecipe
 from ulsad.train import EpochCallback, train
 
 
@@ -26,7 +30,24 @@ class ULSAD(ULSADModel):
 
     `ULSAD.from_preset("lite").fit(...)` trains; `ULSAD.from_pretrained("bottle")` loads;
     `model.predict(path_or_image)` scores. It is a plain `nn.Module` too (`model(images)`).
+    `recipe` is how `fit` trains (a preset's, or the paper's by default).
     """
+
+    def __init__(
+        self,
+        config: ULSADConfig,
+        pretrained_backbone: bool = True,
+        recipe: TrainingRecipe | None = None,
+    ) -> None:
+        self.recipe = recipe if recipe is not None else TrainingRecipe()
+        super().__init__(config, pretrained_backbone, seed=self.recipe.seed)
+
+    @classmethod
+    def from_preset(cls, name: str, pretrained_backbone: bool = True, **overrides: Any) -> ULSAD:
+        """An untrained model from a named preset (`paper`, `lite`): its config and recipe, with
+        `overrides` of either (`epochs=20, channels=64`; see `ulsad.presets.split_overrides`)."""
+        chosen = preset(name, **overrides)
+        return cls(chosen.config, pretrained_backbone=pretrained_backbone, recipe=chosen.recipe)
 
     @overload
     def predict(self, inputs: ImageInput, batch_size: int = 8) -> Prediction: ...
@@ -49,9 +70,11 @@ class ULSAD(ULSADModel):
         progress: bool = True, callback: EpochCallback | None = None,
     ) -> ULSAD:  # fmt: skip
         """Train on good images and calibrate, in place (see `ulsad.train.train`): a dataset
-        root + `category`, a folder of good images, or a list of images. The schedule (epochs or
-        steps, batch size, learning rate) is the config's."""
-        train(self, data, category, dataset=dataset, device=device, out_dir=out_dir,
+        root + `category` (layout `dataset`), a category folder, a folder of good images, or a
+        list of images (found by `ulsad.data.training_images`). The schedule (epochs or steps,
+        batch size, learning rate) and the model selection are `self.recipe`."""
+        images, heldout = training_images(data, category, dataset)
+        train(self, images, heldout, recipe=self.recipe, device=device, out_dir=out_dir,
               save_every=save_every, resume=resume, progress=progress, callback=callback)  # fmt: skip
         return self
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulsad.backbones import FeatureExtractor
-from ulsad.config import ULSADConfig, preset_config
+from ulsad.config import DEFAULT_SEED, ULSADConfig
+from ulsad.presets import preset
 
 
 def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
@@ -183,7 +184,11 @@ class ULSADModel(nn.Module):
     per-channel feature statistics, the map normalisation quantiles and a default threshold.
     """
 
-    def __init__(self, config: ULSADConfig, pretrained_backbone: bool = True):
+    def __init__(
+        self, config: ULSADConfig, pretrained_backbone: bool = True, seed: int = DEFAULT_SEED
+    ):
+        """`seed`: of the heads' initialisation (the recipe's; a loaded checkpoint replaces
+        the initial weights anyway)."""
         super().__init__()
         self.config = config
         c = config.channels
@@ -196,7 +201,7 @@ class ULSADModel(nn.Module):
             fold=config.fold_batchnorm,
         )
         with torch.random.fork_rng(devices=[]):  # head initialisation is reproducible from the seed
-            torch.manual_seed(config.seed)
+            torch.manual_seed(seed)
             featae_out = 2 * c if config.global_branch else c
             self.featae = FeatAE(c, config.featae_width, featae_out, config.featae_output_relu)
             self.global_ae = (
@@ -218,8 +223,10 @@ class ULSADModel(nn.Module):
     def from_preset(
         cls: type[M], name: str, pretrained_backbone: bool = True, **overrides: Any
     ) -> M:
-        """An untrained model from a named preset (`paper`, `lite`), with config overrides."""
-        return cls(preset_config(name, **overrides), pretrained_backbone=pretrained_backbone)
+        """An untrained model from a named preset (`paper`, `lite`), with overrides (recipe
+        fields among them set only the seed of the initialisation here)."""
+        chosen = preset(name, **overrides)
+        return cls(chosen.config, pretrained_backbone=pretrained_backbone, seed=chosen.recipe.seed)
 
     def train(self: M, mode: bool = True) -> M:
         super().train(mode)
@@ -238,9 +245,8 @@ class ULSADModel(nn.Module):
 
     @property
     def fusion_weight(self) -> float:
-        """Weight of the local map in the combined map (`local_weight`; 0.5 until it is chosen)."""
-        w = self.config.local_weight
-        return 0.5 if w is None else w
+        """Weight of the local map in the combined map (`local_weight`)."""
+        return self.config.local_weight
 
     @property
     def uses_global_map(self) -> bool:
