@@ -20,8 +20,8 @@ from PIL import Image
 
 import ulsad.hub
 from ulsad import ULSAD, ULSADError
-from ulsad.config import preset_config
 from ulsad.hub import WEIGHTS_DIR
+from ulsad.presets import PRESETS
 
 gr = pytest.importorskip("gradio")
 pytest.importorskip("plotly")
@@ -475,7 +475,7 @@ def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
             )
         assert not (tmp_path / f"b{epochs}" / "model.safetensors").exists()
         # 0: `ulsad train`'s budget, 400 steps: 200 epochs of the 9 images not held out.
-        lite = preset_config("lite")
+        lite = PRESETS["lite"].recipe
         budget = lite.training_epochs(9)
         assert seen == [(1, epochs or budget)]
         assert budget * lite.steps_per_epoch(9) >= lite.steps

@@ -9,14 +9,14 @@ import json
 import pytest
 from safetensors.torch import save_file
 
-from ulsad.checkpoint import FORMAT
 from ulsad import config as model_config
 from ulsad import recipe as training_recipe
+from ulsad.checkpoint import FORMAT
 from ulsad.config import LEGACY_TRAINING_FIELDS, ULSADConfig
-from ulsad.presets import PRESETS, preset, split_overrides
-from ulsad.recipe import LEGACY_NAMES, TrainingRecipe
 from ulsad.errors import ULSADError
 from ulsad.hub import load_pretrained
+from ulsad.presets import PRESETS, preset, split_overrides
+from ulsad.recipe import LEGACY_NAMES, TrainingRecipe
 
 BAD_VALUES = [
     ("image_size", "abc", "image_size must be of type int"),

@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ulsad import ULSAD, ULSADError
-from ulsad.data import load_split, make_synthetic_dataset
 from ulsad.config import LEGACY_TRAINING_FIELDS
+from ulsad.data import load_split, make_synthetic_dataset
 from ulsad.feature_cache import augmented_copies, channel_statistics
 from ulsad.train import STATE_NAME, split_holdout
 

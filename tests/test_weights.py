@@ -11,11 +11,11 @@ import pytest
 from ulsad import ULSAD
 from ulsad.checkpoint import read_config
 from ulsad.config import split_legacy
-from ulsad.presets import PRESETS
-from ulsad.recipe import TrainingRecipe
 from ulsad.data import load_mask, load_split
 from ulsad.evaluate import evaluate
 from ulsad.hub import WEIGHTS_DIR, available_checkpoints, read_manifest
+from ulsad.presets import PRESETS
+from ulsad.recipe import TrainingRecipe
 
 # What each model card documents (measured: bottle 0.998; metal_plate 1.0000 / 0.9901 / 0.949),
 # rounded down: a regression in loading or inference shows up here.
