@@ -128,7 +128,7 @@ def test_layout_errors(tmp_path: Path) -> None:
         ULSADError, match=r"unknown category 'screw'; looked for .*; found: bottle, cable"
     ):
         load_split("mvtec_ad", tmp_path, "screw", "train")
-    with pytest.raises(ULSADError, match="pass a category; looked for .*; found: bottle, cable"):
+    with pytest.raises(ULSADError, match=r"pass a category; looked for .*; found: bottle, cable"):
         load_split("mvtec_ad", tmp_path, None, "train")
     with pytest.raises(ULSADError, match="unknown dataset 'kolektor'"):
         load_split("kolektor", tmp_path, "bottle", "train")
