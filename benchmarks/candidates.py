@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ulsad.validation import FUSION_WEIGHTS
 
 from ulsad import ULSAD
 from ulsad.data import load_mask, load_split
 from ulsad.images import load_image, to_tensor
 from ulsad.metrics import PixelMetrics, image_auroc
+from ulsad.selection import FUSION_WEIGHTS
 
 
 def _parse(pairs: list[str]) -> dict:
