@@ -31,6 +31,20 @@ from ulsad.hub import load_pretrained
 from ulsad.inference import predict, predict_batches
 from ulsad.model import AnomalyMaps, ULSADModel
 
+__all__ = [
+    "DEFAULT_OPSET",
+    "FORMAT",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "OnnxPredictor",
+    "TorchPredictor",
+    "export_onnx",
+    "export_verified",
+    "load_predictor",
+    "max_abs_difference",
+    "transposed_as_conv",
+]
+
 log = logging.getLogger(__name__)
 FORMAT = "ulsad-onnx-1"
 INPUT_NAME = "images"

@@ -19,6 +19,20 @@ from ulsad.backbones import FeatureExtractor
 from ulsad.config import DEFAULT_SEED, ULSADConfig
 from ulsad.presets import preset
 
+__all__ = [
+    "AnomalyMaps",
+    "FeatAE",
+    "GlobalAE",
+    "Losses",
+    "ULSADModel",
+    "attention",
+    "feature_distance",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "top_count",
+    "top_mean",
+]
+
 
 def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
     """d(a, b) per position: mean_c (a - b)^2 + cosine_weight * (1 - cos_c(a, b)); (B,C,H,W) -> (B,H,W)."""
