@@ -15,7 +15,7 @@ from huggingface_hub import constants
 from ulsad import PRESETS, ULSAD, ULSADError
 from ulsad.cli import main
 
-SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
+SIZE = PRESETS["lite"].config.image_size  # the trained fixture's input size
 IMAGES = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 FILES = ("config.json", "model.safetensors")
 
