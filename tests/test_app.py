@@ -289,7 +289,8 @@ def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
         zipped.extractall(folder)
     fitted = ULSAD.from_pretrained(folder)
     assert fitted.config.preset == "lite" and fitted.calibrated
-    assert (fitted.config.augment_copies, fitted.config.augment_flip) == (7, True)
+    recipe = json.loads((folder / "training.json").read_text())["recipe"]  # not in config.json
+    assert (recipe["augment_copies"], recipe["augment_flip"]) == (7, True)
     assert checkpoint["value"] == checkpoints.FITTED
     assert threshold["value"] == pytest.approx(float(fitted.threshold), abs=1e-6)
     # The fitter's session now inspects with its own model; other sessions do not see it.
