@@ -13,7 +13,8 @@ from ulsad import ULSAD, ULSADError
 from ulsad.config import LEGACY_TRAINING_FIELDS
 from ulsad.data import load_split, make_synthetic_dataset
 from ulsad.feature_cache import augmented_copies, channel_statistics
-from ulsad.train import STATE_NAME, split_holdout
+from ulsad.resume import STATE_NAME
+from ulsad.train import split_holdout
 
 
 def test_short_training_separates_synthetic_defects(trained_checkpoint, synthetic_root):

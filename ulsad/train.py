@@ -6,7 +6,7 @@ from (a folder, a benchmark layout) is `ulsad.data.training_images`' business, a
 never imports `ulsad.data`. Map quantiles and the thresholds come from good images held out of
 the training images (or given), never from test images. `train` strings together small public
 pieces (`training_data`, `prepare_sets`, `make_optimizer`, `run_epoch` / `train_step`,
-`save_state` / `load_state`) that benchmarks and notebooks reuse.
+`ulsad.resume`) that benchmarks and notebooks reuse.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from ulsad.feature_cache import (
     channel_statistics,
     load_images,
 )
-from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
+from ulsad.files import remove_stale_temporaries, write_text_atomic
 from ulsad.model import ULSADModel
 from ulsad.recipe import TrainingRecipe
+from ulsad.resume import STATE_NAME, load_state, run_key, save_state
 from ulsad.selection import (
     DefectSet,
     EpochChoice,
@@ -51,22 +52,17 @@ from ulsad.selection import (
     pruned_after,
     selection_epochs,
     selection_record,
-    trainable_state,
 )
 
 __all__ = [
-    "STATE_NAME",
     "EpochCallback",
     "TrainingSets",
     "epoch_batches",
     "evaluate_loss",
-    "load_state",
     "make_optimizer",
     "prepare_sets",
     "query_index",
     "run_epoch",
-    "run_key",
-    "save_state",
     "split_holdout",
     "train",
     "train_step",
@@ -74,7 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-STATE_NAME = "train_state.pt"
 EpochCallback = Callable[[int, int, float, float], Any]
 
 
@@ -117,17 +112,6 @@ def training_data(
     if len(train_items) < 2:
         raise ULSADError(f"Need at least 2 good training images, got {len(train_items)}.")
     return train_items, val_items
-
-
-def run_key(
-    model: ULSADModel, recipe: TrainingRecipe, epochs: int, train_items: list, val_items: list
-) -> str:
-    """What a resume state must match: the config, the recipe, the budget and the exact images."""
-    return json.dumps(
-        {"config": model.config.to_dict(), "recipe": recipe.to_dict(), "epochs": epochs,
-         "train": [str(x) for x in train_items], "val": [str(x) for x in val_items]},
-        sort_keys=True, default=str,
-    )  # fmt: skip
 
 
 def make_optimizer(
@@ -227,33 +211,6 @@ def prepare_sets(
     synthetic = make_defect_set(model, val_images, recipe, device, progress)
     heldout = build_cache(model, val_images, device, batch_size, progress)
     return TrainingSets(train_cache, heldout, synthetic, n_train)
-
-
-def save_state(path: Path, model: ULSADModel, optimizer, scheduler, epoch: int, history: list,
-               key: str, choice: EpochChoice) -> None:  # fmt: skip
-    """The resume state, atomically: trained weights, optimiser, schedule, history, kept epoch."""
-    state = {"best": choice.state, "epoch": epoch, "key": key, "model": trainable_state(model),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "history": json.dumps(history)}  # fmt: skip
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path, key: str, model: ULSADModel, optimizer, scheduler,
-               device: torch.device) -> tuple[int, list, EpochChoice]:  # fmt: skip
-    """Restore a resume state of the same run; returns (epochs done, history, kept epoch)."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state["key"] != key:
-        raise ULSADError(
-            f"{path} belongs to a different training run (other data or settings): "
-            "choose another {out_dir} folder, or pass {restart} to discard it.",
-            out_dir="out_dir",
-            restart="resume=False",
-        )
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"], json.loads(state["history"]), EpochChoice(state.get("best"))
 
 
 def run_epoch(model: ULSADModel, recipe: TrainingRecipe, optimizer, sets: TrainingSets,
