@@ -28,7 +28,7 @@ from ulsad.train import EpochCallback, train
 class ULSAD(ULSADModel):
     """ULSAD anomaly detector: structural (local) and logical (global) maps from one forward pass.
 
-    `ULSAD.from_preset("lite").fit(...)` trains; `ULSAD.from_pretrained("bottle")` loads;
+    `ULSAD.from_preset("lite").fit(...)` trains (a named config and its recipe, `ulsad.presets`); `ULSAD.from_pretrained("bottle")` loads;
     `model.predict(path_or_image)` scores. It is a plain `nn.Module` too (`model(images)`).
     `recipe` is how `fit` trains (a preset's, or the paper's by default).
     """

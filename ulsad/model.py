@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from ulsad.backbones import FeatureExtractor
 from ulsad.config import DEFAULT_SEED, ULSADConfig
-from ulsad.presets import preset
 
 __all__ = [
     "AnomalyMaps",
@@ -233,15 +232,6 @@ class ULSADModel(nn.Module):
         self.register_buffer("blur_kernel", gaussian_kernel1d(config.blur_sigma), persistent=False)
 
     # ----------------------------------------------------------------------------- construction
-    @classmethod
-    def from_preset(
-        cls: type[M], name: str, pretrained_backbone: bool = True, **overrides: Any
-    ) -> M:
-        """An untrained model from a named preset (`paper`, `lite`), with overrides (recipe
-        fields among them set only the seed of the initialisation here)."""
-        chosen = preset(name, **overrides)
-        return cls(chosen.config, pretrained_backbone=pretrained_backbone, seed=chosen.recipe.seed)
-
     def train(self: M, mode: bool = True) -> M:
         super().train(mode)
         self.extractor.eval()  # the backbone is frozen, BatchNorm statistics included
