@@ -11,6 +11,7 @@ folder with test or mask folders but no layout this module knows is refused.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,15 @@ def category_layout(folder: Path, dataset: str = "mvtec_ad") -> DatasetSpec | No
 
 
 def training_images(
-    data: str | Path | list[Any] | tuple[Any, ...],
-    category: str | None = None,
-    dataset: str = "mvtec_ad",
-) -> tuple[list[Any], list[Any]]:
+    data: str | os.PathLike | Any, category: str | None = None, dataset: str = "mvtec_ad"
+) -> tuple[Any, list[Any]]:
     """(train, held-out) good images: of `category` under the dataset root `data` (layout
     `dataset`; held-out: the dataset's validation split, [] if it has none); of the category
     folder `data` (its good training images only); or every image under the folder `data`.
-    A list of images is returned as it is, with no held-out images."""
-    if isinstance(data, (list, tuple)):
-        return list(data), []
+    Anything else (a list, an array or a dataset of images) is returned as it is, with no
+    held-out images."""
+    if not isinstance(data, (str, os.PathLike)):
+        return data, []
     root = Path(data).expanduser()
     if category is not None:
         return _good(dataset, root, category)
