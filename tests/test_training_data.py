@@ -79,3 +79,31 @@ def test_cli_train_on_a_category_folder_never_opens_a_test_or_mask_file(
     assert opened and all(p.parent == category / "train" / "good" for p in opened), opened
     training = json.loads((out / "training.json").read_text())
     assert training["n_train"] + training["n_heldout"] == 8
+
+
+def test_cli_set_routes_each_field_to_the_config_or_the_recipe(category, tmp_path, monkeypatch):
+    """`ulsad train --set key=value` keeps working for model and recipe fields alike."""
+    from ulsad import ULSAD
+
+    seen = {}
+
+    def fake_fit(self, *args, **kwargs):
+        seen.update(config=self.config, recipe=self.recipe)
+        raise KeyboardInterrupt  # stop before anything is written
+
+    monkeypatch.setattr(ULSAD, "fit", fake_fit)
+    argv = ["train", "--data", str(category), "--out", str(tmp_path / "o"), "--epochs", "3",
+            "--set", "channels=64", "--set", "lr=0.01", "--set", "validation_points=2",
+            "--set", "local_weight=0.25"]  # fmt: skip
+    assert main(argv) == 130
+    config, recipe = seen["config"], seen["recipe"]
+    assert (config.channels, config.local_weight) == (64, 0.25)
+    assert (recipe.lr, recipe.epochs, recipe.lr_milestones, recipe.selection_points) == (
+        0.01,
+        3,
+        (3,),
+        2,
+    )
+    assert not recipe.choose_local_weight  # a given weight is not chosen
+    bad = ["train", "--data", str(category), "--out", str(tmp_path / "o"), "--set", "lr=0"]
+    assert main(bad) == 2
