@@ -20,7 +20,7 @@ from ulsad.config import ULSADConfig
 from ulsad.data import training_images
 from ulsad.inference import ImageInput, Prediction, predict
 from ulsad.model import ULSADModel
-from ulsad.presets import preset
+from ulsad.presets import PRESETS, preset
 from ulsad.recipe import TrainingRecipe
 from ulsad.train import EpochCallback, train
 
@@ -98,9 +98,13 @@ class ULSAD(ULSADModel):
         """Load a local checkpoint folder, an embedded default (`bottle`) or a Hugging Face Hub repo
         (`owner/name`; `revision`: branch, tag or commit). `download`: `cache_dir`, `token`,
         `force_download`, `local_files_only` (HF_HUB_OFFLINE=1 reads the cache only).
-        `local=False` refuses local folders (what a public app accepts from its users)."""
-        return hub.load_pretrained(path_or_repo_id, revision=revision, device=device, local=local,
-                                   model_class=cls, **download)  # fmt: skip
+        `local=False` refuses local folders (what a public app accepts from its users). Its
+        `recipe` (for `fit`) is its preset's, the paper's if the preset is not a named one."""
+        model = hub.load_pretrained(path_or_repo_id, revision=revision, device=device,
+                                    local=local, model_class=cls, **download)  # fmt: skip
+        if model.config.preset in PRESETS:
+            model.recipe = PRESETS[model.config.preset].recipe
+        return model
 
     def push_to_hub(
         self, repo_id: str, token: str | None = None, private: bool = False,
