@@ -120,7 +120,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     check_category(args.category)
     check_out_folder(args.out)
-    from ulsad import ULSAD
+    from ulsad.presets import preset
 
     overrides = _parse_overrides(args.set)
     if args.batch_size is not None:
@@ -128,13 +128,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.update(steps=args.steps, epochs=None)
     if args.epochs is not None:
-        overrides["epochs"] = args.epochs  # recorded in config.json
+        overrides["epochs"] = args.epochs  # recorded in training.json
         overrides.setdefault("lr_milestones", [args.epochs])  # the paper's: the last epoch
+    preset(args.preset, **overrides)  # every field checked (config or recipe) before any work
+    from ulsad.data import training_images
+
+    images, heldout = training_images(args.data, args.category, args.dataset)  # never test/
+    from ulsad import ULSAD
+
     model = ULSAD.from_preset(args.preset, **overrides)
     model.fit(
-        args.data,
-        category=args.category,
-        dataset=args.dataset,
+        images,
+        heldout=heldout,
         device=args.device,
         out_dir=args.out,
         save_every=args.save_every,

@@ -65,16 +65,20 @@ class ULSAD(ULSADModel):
 
     def fit(
         self, data: str | Path | Sequence[Any], category: str | None = None, *,
-        dataset: str = "mvtec_ad", device: str | torch.device | None = None,
-        out_dir: str | Path | None = None, save_every: int = 5, resume: bool = True,
-        progress: bool = True, callback: EpochCallback | None = None,
+        dataset: str = "mvtec_ad", heldout: Sequence[Any] | None = None,
+        device: str | torch.device | None = None, out_dir: str | Path | None = None,
+        save_every: int = 5, resume: bool = True, progress: bool = True,
+        callback: EpochCallback | None = None,
     ) -> ULSAD:  # fmt: skip
         """Train on good images and calibrate, in place (see `ulsad.train.train`): a dataset
-        root + `category` (layout `dataset`), a category folder, a folder of good images, or a
-        list of images (found by `ulsad.data.training_images`). The schedule (epochs or steps,
-        batch size, learning rate) and the model selection are `self.recipe`."""
-        images, heldout = training_images(data, category, dataset)
-        train(self, images, heldout, recipe=self.recipe, device=device, out_dir=out_dir,
+        root + `category` (layout `dataset`), a category folder, a folder of good images (found
+        by `ulsad.data.training_images`), or the images themselves (a list, an array, a dataset)
+        with, optionally, `heldout` good images. The schedule (epochs or steps, batch size,
+        learning rate) and the model selection are `self.recipe`."""
+        images, found = (
+            (data, []) if heldout is not None else training_images(data, category, dataset)
+        )
+        train(self, images, heldout or found, recipe=self.recipe, device=device, out_dir=out_dir,
               save_every=save_every, resume=resume, progress=progress, callback=callback)  # fmt: skip
         return self
 
