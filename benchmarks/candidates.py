@@ -33,7 +33,7 @@ from ulsad import ULSAD
 from ulsad.data import load_mask, load_split
 from ulsad.images import load_image, to_tensor
 from ulsad.metrics import PixelMetrics, image_auroc
-from ulsad.validation import FUSION_WEIGHTS
+from ulsad.selection import FUSION_WEIGHTS
 
 
 def _parse(pairs: list[str]) -> dict:

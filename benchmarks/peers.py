@@ -106,11 +106,11 @@ from benchmarks.common import (
 )
 from ulsad import ULSAD
 from ulsad.backbones import lite_state_dict
-from ulsad.config import preset_config
 from ulsad.data import load_mask, load_split
 from ulsad.devices import resolve_device
 from ulsad.evaluate import evaluate
 from ulsad.images import load_image, to_tiles
+from ulsad.presets import preset_config
 from ulsad.train import split_holdout
 
 ULSAD_NAME = "ulsad lite"
@@ -375,14 +375,16 @@ def run_category(
         model.fit(root, category=category, dataset=dataset, **fit_kwargs)
     fit_s = time.perf_counter() - start
     model.eval()
-    cfg = model.config
+    cfg, recipe = model.config, model.recipe
     has_validation = not args.quick and bool(load_split(dataset, root, category, "validation"))
     ulsad_train = (
-        len(train) if has_validation else len(split_holdout(train, cfg.val_fraction, cfg.seed)[0])
+        len(train)
+        if has_validation
+        else len(split_holdout(train, recipe.val_fraction, recipe.seed)[0])
     )
     print(f"[{name}] {ULSAD_NAME}: fit {fit_s:.1f} s")
     rows.append({"method": ULSAD_NAME, "fit_s": fit_s, "train_images": ulsad_train,
-                 "config": cfg.to_dict()})  # fmt: skip
+                 "config": cfg.to_dict(), "recipe": recipe.to_dict()})  # fmt: skip
     predictors[ULSAD_NAME] = model
     # An elongated image is all its tiles at once (`tile`): one image, one forward call.
     ulsad_inputs = [to_tiles(load_image(p), cfg.image_size, cfg.tile)[0].to(model.device)

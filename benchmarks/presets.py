@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import interleaved, machine, median, table, write_json
 from ulsad import ULSAD
-from ulsad.train import build_cache
+from ulsad.feature_cache import build_cache
 
 CANDIDATES = {
     "lite (current)": {},
@@ -47,7 +47,7 @@ def training_step(model: ULSAD, images: torch.Tensor, batch_size: int) -> Any:
     device = torch.device("cpu")
     cache = build_cache(model, images, device, batch_size, progress=False)
     params = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
-    optimizer = torch.optim.Adam(params, lr=model.config.lr)
+    optimizer = torch.optim.Adam(params, lr=model.recipe.lr)
     index = torch.arange(batch_size)
 
     def step() -> None:

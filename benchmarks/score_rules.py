@@ -23,25 +23,39 @@ import numpy as np
 import torch
 
 from ulsad import ULSAD
+from ulsad.config import split_legacy
+from ulsad.data import training_images
+from ulsad.feature_cache import build_cache, cache_maps, load_images
 from ulsad.metrics import image_auroc
 from ulsad.model import top_count, top_mean
-from ulsad.synthetic_defects import synthetic_defects
-from ulsad.train import build_cache, cache_maps, load_images, training_data
+from ulsad.recipe import TrainingRecipe
+from ulsad.selection import synthetic_defects
+from ulsad.train import training_data
+
+
+def checkpoint_recipe(folder: str) -> TrainingRecipe:
+    """The recipe a checkpoint was trained with: training.json's, else (checkpoints written
+    before it had one) the training fields its config.json carried."""
+    training = json.loads((Path(folder) / "training.json").read_text())
+    if "recipe" in training:
+        return TrainingRecipe.from_dict(training["recipe"])
+    _, fields = split_legacy(json.loads((Path(folder) / "config.json").read_text()))
+    return TrainingRecipe.from_dict(fields)
 
 
 @torch.no_grad()
 def synthetic_maps(
-    model: ULSAD, root: str, dataset: str, category: str
+    model: ULSAD, recipe: TrainingRecipe, root: str, dataset: str, category: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Combined maps (N, S, S) of the held-out good images and of their synthetic defects."""
     cfg, device = model.config, model.device
-    _, val_items = training_data(root, category, dataset, cfg)
+    _, val_items = training_data(*training_images(root, category, dataset), recipe)
     images = load_images(val_items, cfg.image_size, False, "held-out images", cfg.tile)
-    defects, _, _ = synthetic_defects(images, cfg.synthetic_defects or 64, cfg.seed)
+    defects, _, _ = synthetic_defects(images, recipe.synthetic_defects or 64, recipe.seed)
     maps = []
     for inputs in (images, defects):
-        cache = build_cache(model, inputs, device, cfg.batch_size, False)
-        maps.append(model.combine(*cache_maps(model, cache, cfg.batch_size)).anomaly_map)
+        cache = build_cache(model, inputs, device, recipe.batch_size, False)
+        maps.append(model.combine(*cache_maps(model, cache, recipe.batch_size)).anomaly_map)
     return maps[0], maps[1]
 
 
@@ -60,10 +74,10 @@ def main() -> None:
     dataset, root, category = args.category.split(":")
     fractions = [float(f) for f in args.fractions.split(",")]
     for folder in args.checkpoint:
-        model = ULSAD.from_pretrained(folder).eval()
-        good, defect = synthetic_maps(model, root, dataset, category)
+        model, recipe = ULSAD.from_pretrained(folder).eval(), checkpoint_recipe(folder)
+        good, defect = synthetic_maps(model, recipe, root, dataset, category)
         labels = np.r_[np.zeros(len(good)), np.ones(len(defect))]
-        row = {"checkpoint": folder, "category": category, "seed": model.config.seed,
+        row = {"checkpoint": folder, "category": category, "seed": recipe.seed,
                "synthetic_image_auroc": {f: image_auroc(labels, np.r_[scores(good, f),
                                                                         scores(defect, f)])
                                          for f in fractions}}  # fmt: skip

@@ -32,7 +32,8 @@ from benchmarks.common import machine, median, peak_rss_mb, synchronize, table, 
 from tests.reference import reference_from_ulsad
 from ulsad import ULSAD
 from ulsad.devices import resolve_device
-from ulsad.train import build_cache, channel_statistics, make_optimizer, query_index, train_step
+from ulsad.feature_cache import build_cache, channel_statistics
+from ulsad.train import make_optimizer, query_index, train_step
 
 REFERENCE = "reference paper (eager fp32)"
 
@@ -67,7 +68,7 @@ def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> l
     size = model.config.image_size
     images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
-    cfg, batch_size = model.config, args.batch_size
+    recipe, batch_size = model.recipe, args.batch_size
     n_batches = math.ceil(args.images / batch_size)
     full = args.full or (preset == "lite" and args.batches is None)
     timed = n_batches if full else min(args.batches or 2, n_batches)
@@ -87,24 +88,26 @@ def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> l
     synchronize(device)
     cache_s = (time.perf_counter() - start) * args.images / used
 
-    optimizer, _ = make_optimizer(model, epochs=1)
+    optimizer, _ = make_optimizer(model, recipe, epochs=1)
     positions = cache.features[0, 0].numel()
 
     def queries(index: torch.Tensor) -> torch.Tensor | None:  # as ulsad.train draws them
-        return query_index(cfg, 0, int(index[0]) // batch_size, positions, device)
+        return query_index(recipe, 0, int(index[0]) // batch_size, positions, device)
 
     def cached_step(index: torch.Tensor) -> None:
-        train_step(model, optimizer, *cache.batch(model, index, device), False, queries(index))
+        batch = cache.batch(model, index, device)
+        train_step(model, optimizer, *batch, False, queries(index), recipe.training_precision)
 
     def uncached_step(index: torch.Tensor) -> None:
         normalized = model.extractor.normalize(images[index].to(device).float().div_(255.0))
         features = model.features(normalized)
-        train_step(model, optimizer, features, normalized, None, False, queries(index))
+        train_step(model, optimizer, features, normalized, None, False, queries(index),
+                   recipe.training_precision)  # fmt: skip
 
     steps = {f"{preset} (cached features)": cached_step, f"{preset} (no cache)": uncached_step}
     if preset == "paper" or args.reference_for_all:
         reference = reference_from_ulsad(model).train()
-        ref_optimizer = reference_optimizer(reference, cfg.lr, cfg.weight_decay)
+        ref_optimizer = reference_optimizer(reference, recipe.lr, recipe.weight_decay)
 
         def reference_step(index: torch.Tensor) -> None:
             loss = reference.loss(images[index].to(device).float().div_(255.0))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulsad.config import ULSADConfig
+from ulsad.feature_cache import channel_statistics
 from ulsad.model import ULSADModel
-from ulsad.train import channel_statistics
 
 
 class ReferenceFeatAE(nn.Module):

@@ -20,8 +20,8 @@ from PIL import Image
 
 import ulsad.hub
 from ulsad import ULSAD, ULSADError
-from ulsad.config import preset_config
 from ulsad.hub import WEIGHTS_DIR
+from ulsad.presets import PRESETS
 
 gr = pytest.importorskip("gradio")
 pytest.importorskip("plotly")
@@ -289,7 +289,8 @@ def test_fit_selects_the_new_model_offers_it_and_inspect_stays_responsive(
         zipped.extractall(folder)
     fitted = ULSAD.from_pretrained(folder)
     assert fitted.config.preset == "lite" and fitted.calibrated
-    assert (fitted.config.augment_copies, fitted.config.augment_flip) == (7, True)
+    recipe = json.loads((folder / "training.json").read_text())["recipe"]  # not in config.json
+    assert (recipe["augment_copies"], recipe["augment_flip"]) == (7, True)
     assert checkpoint["value"] == checkpoints.FITTED
     assert threshold["value"] == pytest.approx(float(fitted.threshold), abs=1e-6)
     # The fitter's session now inspects with its own model; other sessions do not see it.
@@ -475,7 +476,7 @@ def test_fit_checks_its_inputs_and_stops_when_asked(test_images, tmp_path):
             )
         assert not (tmp_path / f"b{epochs}" / "model.safetensors").exists()
         # 0: `ulsad train`'s budget, 400 steps: 200 epochs of the 9 images not held out.
-        lite = preset_config("lite")
+        lite = PRESETS["lite"].recipe
         budget = lite.training_epochs(9)
         assert seen == [(1, epochs or budget)]
         assert budget * lite.steps_per_epoch(9) >= lite.steps

@@ -87,9 +87,9 @@ def test_category_json_has_metrics_timings_config_and_environment(run):
         "alpha",
         "full",
     )
-    config = record["config"]
-    assert (config["epochs"], config["lr_milestones"], config["image_size"]) == (2, [2], 128)
-    assert config["backbone"] == "tf_efficientnet_lite0" and record["seed"] == config["seed"] == 40
+    config, recipe = record["config"], record["recipe"]
+    assert (recipe["epochs"], recipe["lr_milestones"], config["image_size"]) == (2, [2], 128)
+    assert config["backbone"] == "tf_efficientnet_lite0" and record["seed"] == recipe["seed"] == 40
     metrics = record["metrics"]
     assert (metrics["n_good"], metrics["n_anomalous"]) == (4, 4)
     assert set(metrics["per_defect"]) == {"scratch", "contamination"}
@@ -163,6 +163,25 @@ def test_results_from_another_config_are_refused(run, no_training, capsys):
     assert "epochs: 2 -> 3" in capsys.readouterr().err
 
 
+def test_a_record_of_an_earlier_version_is_read_with_its_recipe_in_its_config(
+    run, no_training, tmp_path
+):
+    """Records before the recipe had its own entry held it in "config" (and no "recipe"): the
+    same setup is still recognised, another one still refused."""
+    root, out, _ = run
+    copy = shutil.copytree(out, tmp_path / "results")
+    path = copy / "full" / "alpha.json"
+    record = json.loads(path.read_text())
+    record["config"] = {**record["config"], **record.pop("recipe")}
+    record["config"]["validation_points"] = record["config"].pop("selection_points")
+    del record["config"]["choose_local_weight"]
+    path.write_text(json.dumps(record))
+    settings = {"epochs": 2, "overrides": {"image_size": 128}, "device": "cpu"}
+    assert make_jobs("mvtec_ad", root, copy, ["alpha"], **settings)
+    with pytest.raises(ULSADError, match="epochs: 2 -> 3"):
+        make_jobs("mvtec_ad", root, copy, ["alpha"], **{**settings, "epochs": 3})
+
+
 def test_summarize_rebuilds_the_tables(run, tmp_path, capsys):
     _, out, _ = run
     copy = shutil.copytree(out, tmp_path / "results")
@@ -221,7 +240,7 @@ def test_ablation_variants_map_to_config_overrides(tmp_path):
     assert (glob.global_branch, glob.attention_loss) == (True, False)
     assert (full.global_branch, full.attention_loss, full.cosine_loss) == (True, True, True)
     assert configs["lambda0"].lambda_attention == 0.0
-    assert {c.seed for c in configs.values()} == {42}  # the paper's MPDD seed
+    assert {job.recipe().seed for job in jobs} == {42}  # the paper's MPDD seed
     assert {str(j.result_path.relative_to(tmp_path)) for j in jobs} == {
         f"out/{v}/alpha.json" for v in ABLATIONS}  # fmt: skip
     with pytest.raises(ULSADError, match="unknown ablation"):
@@ -264,7 +283,7 @@ def test_ray_executor_runs_categories_in_parallel(tmp_path, monkeypatch):
     assert sorted(report.done) == [(c, "full") for c in GOOD] and not report.failed
     records = [json.loads((tmp_path / "out" / "full" / f"{c}.json").read_text()) for c in GOOD]
     for record in records:
-        assert record["config"]["epochs"] == 1 and 0.5 < record["metrics"]["image_auroc"] <= 1.0
+        assert record["recipe"]["epochs"] == 1 and 0.5 < record["metrics"]["image_auroc"] <= 1.0
     spans = [(datetime.fromisoformat(r["started"]), datetime.fromisoformat(r["finished"]))
              for r in records]  # fmt: skip
     assert max(s for s, _ in spans) < min(f for _, f in spans)  # the two tasks overlapped

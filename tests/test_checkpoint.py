@@ -14,7 +14,7 @@ import ulsad.checkpoint as ckpt
 from ulsad import PRESETS, ULSAD, ULSADError
 from ulsad.cli import main
 
-SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
+SIZE = PRESETS["lite"].config.image_size  # the trained fixture's input size
 IMAGES = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
 
 

@@ -84,7 +84,9 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
         "README.md", "config.json", "model.safetensors", "training.json",
     ]  # fmt: skip
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["backbone"] == "tf_efficientnet_lite0" and config["lr_milestones"] == [1]
+    assert config["backbone"] == "tf_efficientnet_lite0" and "lr_milestones" not in config
+    recipe = json.loads((tmp_path / "ckpt" / "training.json").read_text())["recipe"]
+    assert recipe["lr_milestones"] == [1]  # --epochs: the paper's milestone, the last epoch
     # The model card records the exact command and the Hub metadata.
     card = (tmp_path / "ckpt" / "README.md").read_text()
     command = f"ulsad train --data {root} --category tiny --preset lite --epochs 1 --batch-size 4"

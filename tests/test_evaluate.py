@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from ulsad.data.samples import read_mask
 from ulsad.errors import ULSADError
-from ulsad.evaluate import evaluate, read_mask
+from ulsad.evaluate import evaluate
 
 SHAPE = (24, 32)  # H, W
 

@@ -18,7 +18,7 @@ from ulsad import PRESETS, ULSAD, ULSADError
 from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.cli import main
 
-SIZE = PRESETS["lite"].image_size  # the trained fixture's input size
+SIZE = PRESETS["lite"].config.image_size  # the trained fixture's input size
 IMAGES = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 FILES = ("config.json", "model.safetensors")
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from ulsad import ULSAD, ULSADError, preset_config
+from ulsad import PRESETS, ULSAD, ULSADError, preset_config
 from ulsad.backbones import FeatureExtractor, channel_pool_matrix, create_backbone, fold_batchnorm
 
 LITE_SIZE = preset_config("lite").image_size
@@ -129,7 +129,7 @@ def test_only_lite_holds_a_folded_backbone_copy():
     assert "body" in lite.extractor.inference and not plain.extractor.inference
     assert plain.extractor.folded_body() is plain.extractor.body
     assert not preset_config("paper").fold_batchnorm
-    assert preset_config("lite").matches(plain.config)
+    assert PRESETS["lite"].matches(plain.config)
     plain.extractor.load_state_dict(plain.extractor.state_dict())  # a load does not fold it
     assert not plain.extractor.inference
 

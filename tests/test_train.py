@@ -10,8 +10,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ulsad import ULSAD, ULSADError
+from ulsad.config import LEGACY_TRAINING_FIELDS
 from ulsad.data import load_split, make_synthetic_dataset
-from ulsad.train import STATE_NAME, augmented_copies, channel_statistics, split_holdout
+from ulsad.feature_cache import augmented_copies, channel_statistics
+from ulsad.resume import STATE_NAME
+from ulsad.train import split_holdout
 
 
 def test_short_training_separates_synthetic_defects(trained_checkpoint, synthetic_root):
@@ -28,6 +31,31 @@ def test_short_training_separates_synthetic_defects(trained_checkpoint, syntheti
     losses = [h["train_loss"] for h in summary["history"]]
     assert losses[-1] < 0.6 * losses[0]
     assert not (trained_checkpoint / STATE_NAME).exists()  # removed once training finished
+
+
+def test_a_new_checkpoint_keeps_the_recipe_out_of_its_config(trained_checkpoint):
+    """config.json: what building the network needs; training.json: how it was trained."""
+    config = json.loads((trained_checkpoint / "config.json").read_text())
+    assert not set(config) & LEGACY_TRAINING_FIELDS  # no schedule, precision or augmentation
+    assert isinstance(config["local_weight"], float)  # chosen in training, written as a value
+    recipe = json.loads((trained_checkpoint / "training.json").read_text())["recipe"]
+    assert (recipe["epochs"], recipe["lr"], recipe["batch_size"]) == (10, 1e-3, 4)
+
+
+def test_train_takes_images_and_held_out_images_not_folders(tmp_path):
+    from ulsad.recipe import TrainingRecipe
+    from ulsad.train import train
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(8)]
+    model = ULSAD.from_preset("lite", image_size=128, local_weight=0.5, pretrained_backbone=False)
+    recipe = TrainingRecipe(epochs=1, batch_size=4, synthetic_defects=0)
+    train(model, np.stack(images[:6]), images[6:], recipe=recipe, out_dir=tmp_path,
+          progress=False)  # fmt: skip
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert (summary["n_train"], summary["n_heldout"], summary["epochs"]) == (6, 2, 1)
+    with pytest.raises(ULSADError, match="must be images"):
+        train(model, tmp_path, recipe=recipe, progress=False)
 
 
 def test_defect_pixels_score_higher_than_background(trained_checkpoint, synthetic_root):
@@ -126,13 +154,13 @@ def test_fit_on_a_list_of_images(small_root):
 
 def test_augmented_copies_are_seeded_rotations_and_mirrors():
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    config = ULSAD.from_preset("lite").config
-    mirrors = augmented_copies(images, config.replace(augment_copies=4, augment_flip=True), 0)
+    recipe = ULSAD.from_preset("lite").recipe
+    mirrors = augmented_copies(images, recipe.replace(augment_copies=4, augment_flip=True), 0)
     assert mirrors.shape == (12, 3, 64, 64) and mirrors.dtype == torch.uint8
     for copy, original in zip(mirrors, images.repeat(4, 1, 1, 1), strict=True):
         assert torch.equal(copy, original) or torch.equal(copy, original.flip(-1))
     assert not torch.equal(mirrors, images.repeat(4, 1, 1, 1))  # some are mirrored
-    rotated = config.replace(augment_copies=2, augment_rotation=30.0)
+    rotated = recipe.replace(augment_copies=2, augment_rotation=30.0)
     first, again = augmented_copies(images, rotated, 1), augmented_copies(images, rotated, 1)
     assert torch.equal(first, again) and not torch.equal(first, images.repeat(2, 1, 1, 1))
     # A constant image stays constant: reflect padding leaves no blank corners.
@@ -146,8 +174,12 @@ def test_training_with_augmented_copies_runs_and_resumes_with_them(small_root, t
     )
     model.fit(small_root, category="tiny", out_dir=tmp_path, progress=False)
     assert model.calibrated
-    saved = ULSAD.from_pretrained(tmp_path).config
-    assert (saved.augment_copies, saved.augment_rotation, saved.augment_flip) == (2, 20.0, True)
+    saved = json.loads((tmp_path / "training.json").read_text())["recipe"]  # not config.json
+    assert (saved["augment_copies"], saved["augment_rotation"], saved["augment_flip"]) == (
+        2,
+        20.0,
+        True,
+    )
     with pytest.raises(ULSADError, match="augment_copies"):
         ULSAD.from_preset("lite", augment_copies=-1)
 
@@ -180,11 +212,11 @@ def test_bfloat16_training_steps_compute_in_bf16_and_keep_float32_weights(local_
     losses = {}
     for precision in ("float32", "bfloat16"):
         model = copy.deepcopy(base)
-        model.config = model.config.replace(training_precision=precision)
-        optimizer, _ = make_optimizer(model, 1)
+        optimizer, _ = make_optimizer(model, base.recipe, 1)
         losses[precision] = train_step(
-            model, optimizer, features, normalized, target, local_only=local_only
-        )
+            model, optimizer, features, normalized, target, local_only=local_only,
+            precision=precision,
+        )  # fmt: skip
         assert all(p.dtype == torch.float32 for p in model.parameters())
     # Same weights and batch: bf16 arithmetic moves the loss, but only by its rounding (~1%).
     assert losses["bfloat16"] != losses["float32"]
@@ -201,13 +233,13 @@ def test_attention_queries_are_drawn_per_step_from_the_seed_so_an_epoch_repeats_
     images = images.mul(255).to(torch.uint8)
     config = {"image_size": 128, "synthetic_defects": 0, "local_weight": 0.5, "batch_size": 4}
     base = ULSAD.from_preset("lite", pretrained_backbone=False, attention_queries=32, **config)
-    sets = prepare_sets(base, images[:8], images[8:], torch.device("cpu"), progress=False)
+    sets = prepare_sets(base, base.recipe, images[:8], images[8:], torch.device("cpu"), False)
     trained = {}
     for name, queries in (("first", 32), ("again", 32), ("all", 0)):
         model = copy.deepcopy(base)
-        model.config = model.config.replace(attention_queries=queries)
-        optimizer, _ = make_optimizer(model, 1)
-        run_epoch(model, optimizer, sets, epoch=0, device=torch.device("cpu"))
+        recipe = base.recipe.replace(attention_queries=queries)
+        optimizer, _ = make_optimizer(model, recipe, 1)
+        run_epoch(model, recipe, optimizer, sets, epoch=0, device=torch.device("cpu"))
         trained[name] = model.global_ae.head[-1].weight.detach()
     assert torch.equal(trained["first"], trained["again"])
     assert not torch.allclose(trained["first"], trained["all"], atol=1e-7)

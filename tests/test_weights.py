@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from ulsad import ULSAD
 from ulsad.card import CITATION, EXAMPLE_FIGURE, PAPER_URL
 from ulsad.checkpoint import read_config
-from ulsad.config import preset_config
+from ulsad.config import split_legacy
 from ulsad.data import load_mask, load_split
 from ulsad.evaluate import evaluate
 from ulsad.hub import WEIGHTS_DIR, available_checkpoints, read_manifest
+from ulsad.presets import PRESETS
+from ulsad.recipe import TrainingRecipe
 
 # What each model card documents (measured: bottle 0.998; metal_plate 1.0000 / 0.9901 / 0.949),
 # rounded down: a regression in loading or inference shows up here.
@@ -42,8 +45,12 @@ def test_manifest_lists_embedded_checkpoints_with_cards():
         assert "datasets" not in meta and meta["model-index"]  # no non-Hub dataset ids
         assert entry["hub_repo_id"].count("/") == 1
         config, _ = read_config(folder / "config.json", name)
-        # `ulsad train` defaults: every field of the lite recipe but those training chooses
-        assert config.preset == "lite" and preset_config("lite").matches(config), name
+        # `ulsad train` defaults: every field of the lite preset but those training chooses
+        assert config.preset == "lite" and PRESETS["lite"].matches(config), name
+        # These config.json files predate training.json's recipe: they carry it, as lite's
+        _, training = split_legacy(json.loads((folder / "config.json").read_text()))
+        recipe = TrainingRecipe.from_dict({**training, "choose_local_weight": True})
+        assert recipe == PRESETS["lite"].recipe, name
 
 
 @pytest.mark.realdata
@@ -57,3 +64,37 @@ def test_embedded_checkpoint_reaches_its_metrics(name, real_data):
     results = evaluate(model, samples, batch_size=8, progress=False, load_mask=load_mask)
     for metric, level in LEVELS[name].items():
         assert results[metric] >= level, (metric, results[metric])
+
+
+# Score, mean and maximum of the anomaly map of every example image that ships with each embedded
+# checkpoint, and its (default, best-F1) thresholds: computed with the code of main at commit
+# 50188d7, before the model config and the training recipe were split (issue 34), by loading
+# each checkpoint (`ULSAD.from_pretrained(name)`) and predicting its examples/*.png on the CPU.
+# Loading the old 40-field config.json files must keep every number.
+EXAMPLE_SCORES = {
+    "bottle": {
+        "broken_large_000.png": (1.0420889854431152, 0.1307719498872757, 1.1480313539505005),
+        "contamination_000.png": (0.6977440714836121, 0.06522528827190399, 0.801128625869751),
+        "good_000.png": (0.05426369979977608, -0.03494957461953163, 0.15611308813095093),
+        "thresholds": (0.3265470564365387, 0.3939136266708374),
+    },
+    "metal_plate": {
+        "defect_000.png": (0.3423643112182617, 0.020871050655841827, 0.40300872921943665),
+        "defect_010.png": (0.3293701410293579, 0.033982500433921814, 0.37611162662506104),
+        "good_000.png": (0.10629258304834366, -0.02145625278353691, 0.19526904821395874),
+        "thresholds": (0.12088298052549362, 0.14680540561676025),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_SCORES))
+def test_embedded_checkpoint_scores_its_examples_as_before_the_config_split(name):
+    model = ULSAD.from_pretrained(name)
+    expected = EXAMPLE_SCORES[name]
+    thresholds = (float(model.threshold), float(model.threshold_f1))
+    assert thresholds == pytest.approx(expected["thresholds"], abs=1e-5)
+    examples = sorted(WEIGHTS_DIR.joinpath(name, "examples").glob("*.png"))
+    assert [p.name for p in examples] == sorted(k for k in expected if k != "thresholds")
+    for path, prediction in zip(examples, model.predict([str(p) for p in examples]), strict=True):
+        found = (prediction.score, np.mean(prediction.anomaly_map), np.max(prediction.anomaly_map))
+        assert found == pytest.approx(expected[path.name], abs=1e-5), path.name

@@ -12,15 +12,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from typing import TYPE_CHECKING, Any
 
-from ulsad.config import PRESETS, ULSADConfig, preset_config
+from ulsad.config import ULSADConfig
 from ulsad.errors import ULSADError
+from ulsad.presets import PRESETS, Preset, preset_config
+from ulsad.recipe import TrainingRecipe
 from ulsad.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from ulsad.detector import ULSAD
     from ulsad.model import AnomalyMaps
 
-__all__ = ["PRESETS", "ULSAD", "AnomalyMaps", "ULSADConfig", "ULSADError", "preset_config"]
+__all__ = [
+    "PRESETS",
+    "ULSAD",
+    "AnomalyMaps",
+    "Preset",
+    "TrainingRecipe",
+    "ULSADConfig",
+    "ULSADError",
+    "preset_config",
+]
 
 
 def __getattr__(name: str) -> Any:

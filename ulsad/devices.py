@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["native_bfloat16", "resolve_device"]
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`device`, or the best available: CUDA, then Apple MPS, then CPU."""

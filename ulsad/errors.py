@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+__all__ = ["ULSADError"]
+
 
 class ULSADError(ValueError):
     """A problem with the user's input (data, image, checkpoint) that the message explains how to fix."""

@@ -23,6 +23,8 @@ from ulsad.data.samples import read_mask
 from ulsad.errors import ULSADError
 from ulsad.metrics import PixelMetrics, SPROMetric, f1_max, image_auroc, saturation_area
 
+__all__ = ["Key", "MaskLoader", "Predictor", "Sample", "SaturationFn", "evaluate"]
+
 MaskLoader = Callable[[Any, tuple[int, int]], np.ndarray]
 """(sample, (H, W)) -> bool mask: the union of the sample's masks at that shape."""
 SaturationFn = Callable[[Any, Sequence[np.ndarray]], Sequence[float]]

@@ -25,10 +25,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ulsad.detector import ULSAD
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path
-from ulsad.model import AnomalyMaps
+from ulsad.hub import load_pretrained
+from ulsad.inference import predict, predict_batches
+from ulsad.model import AnomalyMaps, ULSADModel
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "FORMAT",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "OnnxPredictor",
+    "TorchPredictor",
+    "export_onnx",
+    "export_verified",
+    "load_predictor",
+    "max_abs_difference",
+    "transposed_as_conv",
+]
 
 log = logging.getLogger(__name__)
 FORMAT = "ulsad-onnx-1"
@@ -69,7 +84,7 @@ def transposed_as_conv(module: nn.Module) -> nn.Module:
 class _Graph(nn.Module):
     """`ULSAD.forward` with a tuple output (the exporter's contract)."""
 
-    def __init__(self, model: ULSAD):
+    def __init__(self, model: ULSADModel):
         super().__init__()
         self.model = model
 
@@ -77,7 +92,7 @@ class _Graph(nn.Module):
         return tuple(self.model(images))
 
 
-def export_onnx(model: ULSAD, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(model: ULSADModel, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` as one ONNX graph (images -> score and maps) to `path`, atomically."""
     try:
         import onnx
@@ -162,8 +177,6 @@ class OnnxPredictor:
 
     def predict(self, inputs: Any, batch_size: int = 8) -> Any:
         """Score images (path, PIL, numpy, tensor, or a list of them); see `ULSAD.predict`."""
-        from ulsad.inference import predict_batches
-
         threshold = None if math.isnan(self.threshold) else self.threshold
         return predict_batches(
             self,
@@ -175,8 +188,22 @@ class OnnxPredictor:
         )
 
 
+class TorchPredictor:
+    """A loaded checkpoint behind the interface of `OnnxPredictor`: `.predict` (as
+    `ULSAD.predict`), `.threshold` and `.calibrated`."""
+
+    def __init__(self, model: ULSADModel):
+        self.model = model
+        self.threshold = float(model.threshold)
+        self.calibrated = model.calibrated
+
+    def predict(self, inputs: Any, batch_size: int = 8) -> Any:
+        """Score images (path, PIL, numpy, tensor, or a list of them); see `ULSAD.predict`."""
+        return predict(self.model, inputs, batch_size=batch_size)
+
+
 @torch.inference_mode()
-def max_abs_difference(model: ULSAD, predictor: OnnxPredictor, images: Tensor) -> float:
+def max_abs_difference(model: ULSADModel, predictor: OnnxPredictor, images: Tensor) -> float:
     """Largest |ONNX Runtime - PyTorch| over score and maps for `images` (B, 3, S, S)."""
     ours = model.eval()(images.to(model.device))
     theirs = predictor(images)
@@ -185,7 +212,7 @@ def max_abs_difference(model: ULSAD, predictor: OnnxPredictor, images: Tensor) -
 
 def load_predictor(
     checkpoint: str | Path, backend: str = "torch", device: str | None = None
-) -> ULSAD | OnnxPredictor:
+) -> TorchPredictor | OnnxPredictor:
     """A model with `.predict`, `.threshold` and `.calibrated`, run by PyTorch or ONNX Runtime.
 
     The ONNX backend takes an exported `.onnx` file, or exports a checkpoint to a temporary one.
@@ -197,13 +224,13 @@ def load_predictor(
                 f"{checkpoint} is an ONNX model: add {{backend_onnx}}.",
                 backend_onnx='backend="onnx"',
             )
-        return ULSAD.from_pretrained(checkpoint, device=device or "cpu")
+        return TorchPredictor(load_pretrained(checkpoint, device=device or "cpu"))
     if backend != "onnx":
         raise ULSADError(f"Unknown backend {backend!r}: choose torch or onnx.")
     if is_onnx_file:
         return OnnxPredictor(checkpoint, device=device)
 
-    model = ULSAD.from_pretrained(checkpoint)
+    model = load_pretrained(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         log.info(
             "note: exporting the checkpoint to ONNX for this run; export it once (`ulsad export`, "
@@ -220,7 +247,7 @@ def export_verified(
 
     Returns (path, max |ONNX Runtime - PyTorch|, largest map value); a file that differs more
     than expected is removed and ULSADError raised."""
-    model = ULSAD.from_pretrained(checkpoint)
+    model = load_pretrained(checkpoint)
     out = export_onnx(model, path, opset=opset)
     s = model.config.image_size
     images = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))

@@ -12,6 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+__all__ = [
+    "atomic_path",
+    "csv_cell",
+    "glob_escape",
+    "remove_stale_temporaries",
+    "write_text_atomic",
+]
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:

@@ -16,6 +16,18 @@ from torch import Tensor
 
 from ulsad.errors import ULSADError
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "Box",
+    "find_images",
+    "is_image",
+    "load_image",
+    "tile_boxes",
+    "to_tensor",
+    "to_tiles",
+]
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 256_000_000  # refuse larger images rather than risk running out of memory
 # Pillow's own decompression-bomb guard refuses ~179 Mpx (twice its default limit), below ulsad's

@@ -16,6 +16,16 @@ from torch import Tensor
 
 from ulsad.images import Box, load_image, to_tiles
 
+__all__ = [
+    "ImageInput",
+    "Prediction",
+    "iter_predictions",
+    "original_size_maps",
+    "predict",
+    "predict_batches",
+    "stitch",
+]
+
 if TYPE_CHECKING:
     from ulsad.model import AnomalyMaps, ULSADModel
 

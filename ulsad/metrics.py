@@ -52,6 +52,8 @@ from scipy import ndimage
 
 from ulsad.errors import ULSADError
 
+__all__ = ["DEFAULT_BINS", "PixelMetrics", "SPROMetric", "f1_max", "image_auroc", "saturation_area"]
+
 DEFAULT_BINS = 1 << 16
 _MIN_EXP = -40  # finest bin width 2**-40: a constant map stays in one bin
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

@@ -16,7 +16,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulsad.backbones import FeatureExtractor
-from ulsad.config import ULSADConfig, preset_config
+from ulsad.config import DEFAULT_SEED, ULSADConfig
+
+__all__ = [
+    "AnomalyMaps",
+    "FeatAE",
+    "GlobalAE",
+    "Losses",
+    "ULSADModel",
+    "attention",
+    "feature_distance",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "top_count",
+    "top_mean",
+]
 
 
 def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
@@ -183,7 +197,11 @@ class ULSADModel(nn.Module):
     per-channel feature statistics, the map normalisation quantiles and a default threshold.
     """
 
-    def __init__(self, config: ULSADConfig, pretrained_backbone: bool = True):
+    def __init__(
+        self, config: ULSADConfig, pretrained_backbone: bool = True, seed: int = DEFAULT_SEED
+    ):
+        """`seed`: of the heads' initialisation (the recipe's; a loaded checkpoint replaces
+        the initial weights anyway)."""
         super().__init__()
         self.config = config
         c = config.channels
@@ -196,7 +214,7 @@ class ULSADModel(nn.Module):
             fold=config.fold_batchnorm,
         )
         with torch.random.fork_rng(devices=[]):  # head initialisation is reproducible from the seed
-            torch.manual_seed(config.seed)
+            torch.manual_seed(seed)
             featae_out = 2 * c if config.global_branch else c
             self.featae = FeatAE(c, config.featae_width, featae_out, config.featae_output_relu)
             self.global_ae = (
@@ -214,13 +232,6 @@ class ULSADModel(nn.Module):
         self.register_buffer("blur_kernel", gaussian_kernel1d(config.blur_sigma), persistent=False)
 
     # ----------------------------------------------------------------------------- construction
-    @classmethod
-    def from_preset(
-        cls: type[M], name: str, pretrained_backbone: bool = True, **overrides: Any
-    ) -> M:
-        """An untrained model from a named preset (`paper`, `lite`), with config overrides."""
-        return cls(preset_config(name, **overrides), pretrained_backbone=pretrained_backbone)
-
     def train(self: M, mode: bool = True) -> M:
         super().train(mode)
         self.extractor.eval()  # the backbone is frozen, BatchNorm statistics included
@@ -238,9 +249,8 @@ class ULSADModel(nn.Module):
 
     @property
     def fusion_weight(self) -> float:
-        """Weight of the local map in the combined map (`local_weight`; 0.5 until it is chosen)."""
-        w = self.config.local_weight
-        return 0.5 if w is None else w
+        """Weight of the local map in the combined map (`local_weight`)."""
+        return self.config.local_weight
 
     @property
     def uses_global_map(self) -> bool:

@@ -6,6 +6,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+__all__ = ["COLOR_STOPS", "colorize", "display_range", "overlay", "region_outline"]
+
 # The one colour map of ulsad: "inferno"-like control points (position, RGB), interpolated
 # linearly in RGB into a 256-entry lookup table here and into the app's plotly colour scale.
 COLOR_STOPS = [

@@ -146,14 +146,33 @@ def load_split(dataset: str, root: str | Path, category: str | None, split: str)
         if category is None and len(found) == 1:
             category = found[0]
         else:
-            what = "pass a category" if category is None else f"unknown category '{category}'"
-            raise ULSADError(
-                f"{spec.title} at {path}: {what}; found: {', '.join(found) or 'none'} "
-                f"(expected layout {spec.layout})."
-            )
+            raise _no_category(spec, path, category, found)
     if split not in spec.splits:
         return []
     return spec.load(path, category, split)
+
+
+def _no_category(
+    spec: DatasetSpec, path: Path, category: str | None, found: list[str]
+) -> ULSADError:
+    """The error for a category that is not there: what was looked for, what is there instead,
+    and, when `path` is itself a category folder, the two commands that were probably meant."""
+    what = "pass a category" if category is None else f"unknown category '{category}'"
+    looked = f"{path / category}" if category is not None else f"a category folder in {path}"
+    if found:
+        there = f"found: {', '.join(found)}"
+    else:
+        folders = [p.name + "/" for p in subfolders(path)]
+        shown = ", ".join(folders[:8]) + (", ..." if len(folders) > 8 else "")
+        there = f"found: none, only the folders {shown}" if folders else "found: none (empty)"
+    message = f"{spec.title} at {path}: {what}; looked for {looked} (layout {spec.layout}); {there}"
+    if spec.is_category(path):  # the user passed the category folder and the category
+        message += (
+            f". {path} is itself a category folder: did you mean {{root}} {path.parent} "
+            f"{{category}} {path.name}, or {{root}} {path} with no {{category}}?"
+        )
+        return ULSADError(message, root="root=", category="category=")
+    return ULSADError(message + ".")
 
 
 def _has_category(spec: DatasetSpec, root: Path, category: str) -> bool:

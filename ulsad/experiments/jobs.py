@@ -23,6 +23,8 @@ from ulsad.experiments.provenance import environment, write_json
 if TYPE_CHECKING:
     from ulsad import ULSAD
     from ulsad.config import ULSADConfig
+    from ulsad.presets import Preset
+    from ulsad.recipe import TrainingRecipe
 
 FORMAT = "ulsad-benchmark-1"
 
@@ -55,9 +57,18 @@ class Job:
         return Path(self.out) / self.variant / self.category / "checkpoint"
 
     def config(self) -> ULSADConfig:
-        from ulsad.config import preset_config
+        """The model config of this job (`plan().config`)."""
+        return self.plan().config
 
-        return preset_config(self.preset, **self.overrides)
+    def recipe(self) -> TrainingRecipe:
+        """The training recipe of this job (`plan().recipe`)."""
+        return self.plan().recipe
+
+    def plan(self) -> Preset:
+        """The preset with this job's overrides: the model config and its training recipe."""
+        from ulsad.presets import preset
+
+        return preset(self.preset, **self.overrides)
 
 
 def now() -> str:
@@ -108,23 +119,28 @@ def make_jobs(
         for category in categories:
             job = Job(dataset, str(root), category, preset, variant, {**ABLATIONS[variant], **user},
                       str(out), device, eval_batch_size, progress)  # fmt: skip
-            check_previous(job, job.config())
+            check_previous(job, job.plan())
             jobs.append(job)
     return jobs
 
 
-def check_previous(job: Job, config: ULSADConfig) -> None:
-    """A result already in the results folder must come from the same dataset and config."""
+def check_previous(job: Job, plan: Preset) -> None:
+    """A result already in the results folder must come from the same dataset, config and
+    recipe (an earlier version's record, whose config held the recipe, is read as such)."""
     if not job.result_path.is_file():
         return
+    from ulsad.config import split_legacy
+    from ulsad.recipe import TrainingRecipe as Recipe
+
     previous = json.loads(job.result_path.read_text(encoding="utf-8"))
-    old, new = previous.get("config", {}), json.loads(json.dumps(config.to_dict()))
-    chosen = config.chosen_in_training()
-    changed = sorted(
-        k
-        for k in set(old) | set(new)
-        if k != "preset" and k not in chosen and old.get(k) != new.get(k)
-    )
+    old_config, old_recipe = split_legacy(previous.get("config", {}))
+    old_recipe = Recipe.from_dict({**old_recipe, **previous.get("recipe", {})})
+    old = json.loads(json.dumps({**old_config, **old_recipe.to_dict()}))
+    new = json.loads(json.dumps({**plan.config.to_dict(), **plan.recipe.to_dict()}))
+    skip = plan.recipe.chosen_fields() | {"preset"}
+    if "recipe" not in previous:  # an earlier version's record does not say what it chose
+        skip |= {"choose_local_weight"}
+    changed = sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
     if previous.get("dataset") != job.dataset or changed:
         what = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:4])
         what = what or f"dataset {previous.get('dataset')} -> {job.dataset}"
@@ -142,7 +158,7 @@ def trained_model(job: Job, device: Any) -> tuple[ULSAD, dict[str, Any], bool]:
     ckpt = job.checkpoint_dir
     if (ckpt / "training.json").is_file() and (ckpt / "model.safetensors").is_file():
         model = ULSAD.from_pretrained(ckpt, device=device)
-        if not job.config().matches(model.config):
+        if not job.plan().matches(model.config):
             raise ULSADError(
                 f"{ckpt} holds a model trained with another config: delete that folder or use "
                 "another {out}.",
@@ -194,7 +210,8 @@ def run_category(job: Job) -> dict[str, Any]:
             "preset": job.preset,
             "overrides": job.overrides,
             "config": model.config.to_dict(),
-            "seed": model.config.seed,
+            "recipe": job.recipe().to_dict(),
+            "seed": job.recipe().seed,
             "metrics": metrics,
             "timings": {
                 "train_s": training["seconds"],  # the trainer's: data, features, epochs

@@ -12,6 +12,8 @@ from typing import Any
 
 from ulsad.files import write_text_atomic
 
+__all__ = ["cpu_model", "environment", "git_commit", "jsonable", "write_json"]
+
 
 def git_commit() -> dict[str, Any]:
     """HEAD of the git checkout holding this package and whether it has local changes, if any."""

@@ -122,8 +122,8 @@ def setup_line(records: list[dict[str, Any]]) -> str:
     def values(get) -> str:
         return " / ".join(sorted({str(get(r)) for r in records}))
 
-    def config(key: str) -> str:
-        return values(lambda r: r.get("config", {}).get(key))
+    def config(key: str) -> str:  # the recipe's own record, else an earlier version's config
+        return values(lambda r: r.get("recipe", r.get("config", {})).get(key, r["config"].get(key)))
 
     def env(key: str) -> str:
         return values(lambda r: r.get("environment", {}).get(key))

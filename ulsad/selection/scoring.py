@@ -1,10 +1,10 @@
-"""Choices made without defect images: scores of held-out good images and of synthetic defects.
+"""Scores without defect images: how well fused maps separate and localise synthetic defects.
 
 Given the blurred, un-normalised local and global maps of the held-out good images and of
-synthetic defective copies of them (`ulsad.synthetic_defects`), this module measures how well a
-fusion of the two maps separates and localises the synthetic defects, picks the fusion weight,
-compares training epochs, and places a threshold at the best F1. No test image is ever involved:
-the inputs are training-folder images only.
+synthetic defective copies of them (`ulsad.selection.defects`), this module measures how well a
+fusion of the two maps separates and localises the synthetic defects (`fusion_table`), picks the
+fusion weight (`best_weight`) and places a threshold at the best F1 (`f1_threshold`). No test
+image is ever involved: the inputs are training-folder images only.
 """
 
 from __future__ import annotations
@@ -18,12 +18,22 @@ from torch import Tensor
 
 from ulsad.metrics import PixelMetrics, image_auroc
 
+__all__ = [
+    "FUSION_WEIGHTS",
+    "SelectionMaps",
+    "best_weight",
+    "defect_metrics",
+    "f1_threshold",
+    "fusion_table",
+    "map_quantiles",
+]
+
 FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Candidate weights of the local map (1: local only); coarse, so one small set cannot overfit it."""
 
 
 @dataclass
-class ValidationMaps:
+class SelectionMaps:
     """Blurred, un-normalised maps (N, S, S) of held-out good images and synthetic defects."""
 
     good_local: Tensor
@@ -31,7 +41,7 @@ class ValidationMaps:
     defect_local: Tensor
     defect_global: Tensor | None
     masks: Tensor  # (M, S, S) bool: where each synthetic defect is
-    kinds: list[str] | None = None  # each defect's kind (`ulsad.synthetic_defects`); None: one kind
+    kinds: list[str] | None = None  # each defect's kind (`selection.defects`); None: one kind
 
 
 def map_quantiles(maps: Tensor, quantiles: tuple[float, float]) -> list[float]:
@@ -68,7 +78,7 @@ def defect_metrics(
 
 
 def fusion_table(
-    maps: ValidationMaps,
+    maps: SelectionMaps,
     quantiles: tuple[float, float],
     weights=FUSION_WEIGHTS,
     image_score: Callable[[Tensor], Tensor] = lambda maps: maps.amax(dim=(1, 2)),

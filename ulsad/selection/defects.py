@@ -1,8 +1,8 @@
-"""Synthetic defects pasted onto good images: validation data for a user who has no defect images.
+"""Synthetic defects pasted onto good images: selection data for a user who has no defect images.
 
 A user's held-out good images are the only data besides the training set. Training uses copies of
 them with pasted defects, each with its exact mask, to choose what would otherwise be chosen on
-test images (the local/global fusion weight, when to stop, an F1 threshold; `ulsad.validation`).
+test images (the local/global fusion weight, when to stop, an F1 threshold; `ulsad.selection`).
 
 Structural kinds:
 - ``cutpaste``: a rectangle of the image, colour-jittered, pasted elsewhere (CutPaste, Li et al.
@@ -19,7 +19,7 @@ Logical kinds (about the arrangement, not the texture):
 In a scene of separate parts on a plain ground (`parts`), the logical kinds take whole parts:
 a part vanishes into the ground, or is copied or (one of two or more) moved onto free ground.
 Cutting a region out of a part would leave a new edge that the local branch sees, so the
-validation would never learn that some defects only the global branch sees. Elsewhere
+selection would never learn that some defects only the global branch sees. Elsewhere
 (textures, an object that fills the frame) they cut regions as above.
 
 Everything is drawn from `numpy.random.default_rng((seed, index))`: the same seed gives the same
@@ -33,6 +33,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+__all__ = [
+    "GROUND_DISTANCE",
+    "KINDS",
+    "LOGICAL_KINDS",
+    "STRUCTURAL_KINDS",
+    "part_scenes",
+    "parts",
+    "perlin_noise",
+    "synthetic_defects",
+]
 
 STRUCTURAL_KINDS = ("cutpaste", "perlin", "scratch")
 LOGICAL_KINDS = ("missing", "duplicate", "moved")

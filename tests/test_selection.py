@@ -1,4 +1,4 @@
-"""Step-based schedule, synthetic defects, and choices made on them without any test image."""
+"""Step-based schedule, synthetic defects, and model selection on them without any test image."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ulsad import ULSAD, ULSADConfig, ULSADError
+from ulsad import ULSAD, ULSADError
 from ulsad.data import make_layout_dataset, make_synthetic_dataset
 from ulsad.data.synthetic import LAYOUT_DEFECTS
 from ulsad.model import top_mean
-from ulsad.synthetic_defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
-from ulsad.train import pruned_after
-from ulsad.validation import (
-    ValidationMaps,
+from ulsad.recipe import TrainingRecipe
+from ulsad.selection import pruned_after
+from ulsad.selection.defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
+from ulsad.selection.scoring import (
+    SelectionMaps,
     best_weight,
     defect_metrics,
     f1_threshold,
@@ -36,7 +37,7 @@ from ulsad.validation import (
     ],
 )
 def test_step_budget_rounds_up_to_whole_epochs(n_train, batch_size, steps, epochs):
-    config = ULSADConfig(epochs=None, steps=steps, batch_size=batch_size)
+    config = TrainingRecipe(epochs=None, steps=steps, batch_size=batch_size)
     assert config.training_epochs(n_train) == epochs
 
 
@@ -50,19 +51,19 @@ def test_step_budget_rounds_up_to_whole_epochs(n_train, batch_size, steps, epoch
     ],
 )
 def test_step_budget_trains_at_least_min_epochs(n_train, min_epochs, epochs):
-    config = ULSADConfig(epochs=None, steps=400, batch_size=4, min_epochs=min_epochs)
+    config = TrainingRecipe(epochs=None, steps=400, batch_size=4, min_epochs=min_epochs)
     assert config.training_epochs(n_train) == epochs
 
 
 def test_explicit_epochs_override_the_step_budget():
-    config = ULSADConfig(epochs=7, steps=100_000)
+    config = TrainingRecipe(epochs=7, steps=100_000)
     assert config.training_epochs(10) == config.training_epochs(10_000) == 7
-    assert ULSADConfig(epochs=2, min_epochs=5).training_epochs(663) == 2  # and the floor
-    assert ULSAD.from_preset("paper", pretrained_backbone=False).config.epochs == 200
+    assert TrainingRecipe(epochs=2, min_epochs=5).training_epochs(663) == 2  # and the floor
+    assert ULSAD.from_preset("paper", pretrained_backbone=False).recipe.epochs == 200
     with pytest.raises(ULSADError, match="steps"):
-        ULSADConfig(epochs=None, steps=0)
+        TrainingRecipe(epochs=None, steps=0)
     with pytest.raises(ULSADError, match="min_epochs"):
-        ULSADConfig(min_epochs=0)
+        TrainingRecipe(min_epochs=0)
 
 
 # ----------------------------------------------------------------------------- synthetic defects
@@ -187,7 +188,7 @@ def test_perlin_noise_is_smooth_and_bounded():
 
 
 # ----------------------------------------------------------------------------- selection
-def _maps(local_signal: float, global_signal: float, seed: int = 0) -> ValidationMaps:
+def _maps(local_signal: float, global_signal: float, seed: int = 0) -> SelectionMaps:
     """Good maps are noise; defect maps add `signal` inside each mask (local and global)."""
     g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(8, 32, 32, dtype=torch.bool)
@@ -197,7 +198,7 @@ def _maps(local_signal: float, global_signal: float, seed: int = 0) -> Validatio
     def noise(n: int) -> torch.Tensor:
         return torch.rand(n, 32, 32, generator=g)
 
-    return ValidationMaps(
+    return SelectionMaps(
         good_local=noise(6),
         good_global=noise(6),
         defect_local=noise(8) + local_signal * masks,
@@ -233,7 +234,7 @@ def test_each_defect_kind_counts_the_same_whatever_its_number_of_regions():
     masks[:2, 2:30:4, 2:30:4] = True  # "islands": 49 one-pixel regions each, all seen
     defect[:2][masks[:2]] = 1.0
     masks[2:, 8:24, 8:24] = True  # "blocks": one region each, missed by the map
-    maps = ValidationMaps(good, None, defect, None, masks, ["islands"] * 2 + ["blocks"] * 2)
+    maps = SelectionMaps(good, None, defect, None, masks, ["islands"] * 2 + ["blocks"] * 2)
     row = fusion_table(maps, (0.9, 0.995))[1.0]
     per_kind = [defect_metrics(good, defect[i], masks[i], lambda m: m.amax(dim=(1, 2)))
                 for i in (slice(0, 2), slice(2, 4))]  # fmt: skip
@@ -243,7 +244,7 @@ def test_each_defect_kind_counts_the_same_whatever_its_number_of_regions():
     maps.kinds = None  # pooled: 98 island regions against 2 blocks
     assert fusion_table(maps, (0.9, 0.995))[1.0]["aupro"] > row["aupro"] + 0.25
     # A kind whose masks came out empty has no pixel metrics: left out, not an error.
-    empty = ValidationMaps(good, None, torch.cat([defect, good[:1]]), None,
+    empty = SelectionMaps(good, None, torch.cat([defect, good[:1]]), None,
                            torch.cat([masks, torch.zeros_like(masks[:1])]),
                            ["islands"] * 2 + ["blocks"] * 2 + ["empty"])  # fmt: skip
     assert fusion_table(empty, (0.9, 0.995))[1.0] == pytest.approx(row)
@@ -266,7 +267,7 @@ def test_image_score_rule_is_the_models_in_validation_too():
     assert torch.allclose(
         top_mean(good, 20), (1.0 + good.flatten(1).sort(1).values[:, -20:-1].sum(1)) / 20
     )
-    maps = ValidationMaps(good, None, defect, None, masks)
+    maps = SelectionMaps(good, None, defect, None, masks)
     by_max = fusion_table(maps, (0.9, 0.995))[1.0]["image_auroc"]
     by_top = fusion_table(maps, (0.9, 0.995), image_score=lambda m: top_mean(m, 20))
     assert by_max == 0.0 and by_top[1.0]["image_auroc"] == 1.0
@@ -291,12 +292,12 @@ def tiny_root(tmp_path_factory) -> Path:
 def test_choices_use_training_images_only(tiny_root, tmp_path, monkeypatch):
     """Fusion weight, stopping epoch and thresholds come from the training folder alone: no test
     image is ever read while training, and the choices are recorded."""
-    import ulsad.train
+    import ulsad.feature_cache
 
     read = []
-    real_load = ulsad.train.load_image
+    real_load = ulsad.feature_cache.load_image
     monkeypatch.setattr(
-        ulsad.train, "load_image", lambda item: read.append(item) or real_load(item)
+        ulsad.feature_cache, "load_image", lambda item: read.append(item) or real_load(item)
     )
     model = ULSAD.from_preset(
         "lite", epochs=3, batch_size=4, local_weight=None, synthetic_defects=6, validation_points=3
@@ -317,28 +318,32 @@ def test_choices_use_training_images_only(tiny_root, tmp_path, monkeypatch):
     assert summary["threshold_f1"] == pytest.approx(float(saved.threshold_f1))
     with pytest.raises(ULSADError, match="synthetic_defects"):
         ULSAD.from_preset("lite", local_weight=None, synthetic_defects=0)
+    with pytest.raises(ULSADError, match="synthetic_defects"):
+        ULSAD.from_preset("lite", synthetic_defects=0)  # lite chooses its fusion weight
 
 
 # ----------------------------------------------------------------------------- pruning
-def test_pruning_starts_at_the_first_validation_point_that_drops_the_global_branch():
-    config = ULSADConfig(synthetic_defects=8, prune_global=True)
+def test_pruning_starts_at_the_first_selection_point_that_drops_the_global_branch():
+    recipe = TrainingRecipe(synthetic_defects=8, prune_global=True)
+    model = ULSAD.from_preset("lite", pretrained_backbone=False)
+    no_global = ULSAD.from_preset("lite", pretrained_backbone=False, global_branch=False,
+                                  attention_loss=False)  # fmt: skip
     history = [{"epoch": 1},
                {"epoch": 2, "synthetic": {"local_weight": 0.75, "score": 0.9, "local_only_score": 0.8}},
                {"epoch": 3}, {"epoch": 4, "synthetic": {"local_weight": 1.0, "score": 0.9}},
                {"epoch": 6, "synthetic": {"local_weight": 0.5, "score": 0.9}}]  # fmt: skip
-    assert pruned_after(config, history) == 4
-    assert pruned_after(config, history[:3]) is None
-    assert pruned_after(config.replace(prune_global=False), history) is None
-    no_global = config.replace(global_branch=False, attention_loss=False)
-    assert pruned_after(no_global, history) is None  # nothing to prune
+    assert pruned_after(recipe, model, history) == 4
+    assert pruned_after(recipe, model, history[:3]) is None
+    assert pruned_after(recipe.replace(prune_global=False), model, history) is None
+    assert pruned_after(recipe, no_global, history) is None  # nothing to prune
     # A weight on the global map that ties with the local map alone (within 0.001): pruned. A
     # small but real gain (the layout set's 0.0049 at one point) keeps the global branch training.
     near = {"local_weight": 0.75, "score": 0.9642, "local_only_score": 0.9640}
     small = {**near, "local_only_score": 0.9593}
     far = {**near, "local_only_score": 0.9500}
-    assert pruned_after(config, [{"epoch": 2, "synthetic": near}]) == 2
-    assert pruned_after(config, [{"epoch": 2, "synthetic": small}]) is None
-    assert pruned_after(config, [{"epoch": 2, "synthetic": far}]) is None
+    assert pruned_after(recipe, model, [{"epoch": 2, "synthetic": near}]) == 2
+    assert pruned_after(recipe, model, [{"epoch": 2, "synthetic": small}]) is None
+    assert pruned_after(recipe, model, [{"epoch": 2, "synthetic": far}]) is None
 
 
 def test_local_only_loss_leaves_the_global_branch_untouched():
@@ -358,11 +363,11 @@ def test_local_only_loss_leaves_the_global_branch_untouched():
 
 
 def test_pruned_global_branch_stops_changing(tiny_root, tmp_path):
-    """With the local map alone chosen at the first validation point, the global autoencoder's
+    """With the local map alone chosen at the first selection point, the global autoencoder's
     weights change until then and never after; the checkpoint records when."""
     model = ULSAD.from_preset("lite", epochs=4, batch_size=4, local_weight=1.0,
                               synthetic_defects=6, validation_points=2)  # fmt: skip
-    assert model.config.prune_global  # the lite default
+    assert model.recipe.prune_global  # the lite default
 
     def global_state():
         return {k: v.clone() for k, v in model.global_ae.state_dict().items()}
