@@ -40,7 +40,7 @@ def _to_rgb(image: Image.Image, owned: bool = False) -> Image.Image:
     return image if owned and image.mode == "RGB" else image.convert("RGB")
 
 
-STRIP_PIXELS = 2**22  # 16-bit / float images are converted this many pixels at a time
+STRIP_PIXELS = 2**20  # 16-bit / float images are converted this many pixels at a time
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
