@@ -447,3 +447,21 @@ def test_the_app_states_one_pixel_limit(tmp_path):
         messages.append(str(error.value).split("pixels, ", 1)[1])
     assert messages[0] == messages[1]
     assert "more than the 64,000,000" in messages[0]
+
+
+def test_a_hub_config_beyond_the_apps_bounds_is_refused_before_its_weights_download(hub):
+    """image_size=2560 was accepted (8.6 s per request): refused from config.json alone."""
+    from ulsad.app import checkpoints
+
+    config = json.loads((BOTTLE / "config.json").read_text())
+    files = {
+        "config.json": json.dumps({**config, "image_size": 2560}).encode(),
+        "model.safetensors": (BOTTLE / "model.safetensors").read_bytes(),
+    }
+    hub.commit("acme/huge", files)
+    cache = checkpoints.ModelCache(maxsize=1, device="cpu")
+    with pytest.raises(ULSADError, match="image_size 2560 is more than this app runs"):
+        cache.get("acme/huge", local=False)
+    fetched = [path for method, path in hub.requests
+               if method == "GET" and path.startswith("/acme/huge/resolve/")]  # fmt: skip
+    assert fetched and not any(path.endswith("model.safetensors") for path in fetched)  # no HEAD
