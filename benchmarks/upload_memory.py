@@ -46,7 +46,12 @@ def make_uploads(folder: Path, max_pixels: int) -> dict[str, Path]:
     Image.new("RGB", (jpeg_side, jpeg_side), (90, 120, 150)).save(jpeg, quality=90)
     refused = folder / "png_16000x16000_refused.png"
     Image.new("RGB", (16_000, 16_000), (90, 120, 150)).save(refused, compress_level=9)
-    return {"png_at_pixel_limit": png, "jpeg_256mpx": jpeg, "png_256mpx_refused": refused}
+    deep = folder / f"png16_{side}x{side}.png"  # 16-bit greyscale (issue 35: float64 copies)
+    ramp = np.linspace(0, 65535, side, dtype=np.float32)[None, :] + np.zeros((side, 1), np.float32)
+    Image.fromarray(ramp.astype(np.uint16)).save(deep, compress_level=1)
+    del ramp
+    return {"png_at_pixel_limit": png, "png16_at_pixel_limit": deep, "jpeg_256mpx": jpeg,
+            "png_256mpx_refused": refused}  # fmt: skip
 
 
 def probe(checkpoint: str, path: str, concurrent: int) -> None:
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="bottle", help="embedded name or folder")
     parser.add_argument("--concurrent", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--cases", nargs="+", help="only these uploads (default: all)")
     parser.add_argument("--out", help="JSON report path")
     parser.add_argument(
         "--probe", nargs=3, metavar=("CHECKPOINT", "PATH", "N"), help=argparse.SUPPRESS
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         uploads = make_uploads(Path(tmp), inputs.MAX_UPLOAD_PIXELS)
         for case, path in uploads.items():
+            if args.cases and case not in args.cases:
+                continue
             for n in args.concurrent:
                 command = [*python_module(__spec__.name), "--probe", checkpoint, str(path), str(n)]
                 out = subprocess.run(command, capture_output=True, text=True, check=True,

@@ -189,7 +189,8 @@ def test_large_image_is_downscaled_with_a_notice(served, test_images, tmp_path, 
     _, overlay, *_, verdict, _ = client(served, tmp_path_factory).predict(
         handle_file(path), api_name="/inspect"
     )
-    assert Image.open(overlay).size == (inputs.MAX_SIDE, 205)
+    # scored at 4096 x 205; the panels are drawn at display size (scoring.PANEL_SIDE)
+    assert Image.open(overlay).size == (scoring.PANEL_SIDE, round(205 * scoring.PANEL_SIDE / 4096))
     assert "downscaled to 4096x205" in verdict
 
 

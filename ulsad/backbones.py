@@ -96,6 +96,12 @@ def create_backbone(name: str, layers: tuple[int, ...], pretrained: bool) -> nn.
         )
     except RuntimeError as error:  # timm: unknown model name
         raise ULSADError(f"Unknown backbone {name!r}: {error}") from error
+    except (IndexError, AssertionError):  # timm: an out_indices entry past the last stage
+        raise ULSADError(
+            f"Config field layers {list(layers)} names feature maps that the backbone {name} does "
+            "not have: give two of its feature stages' indices, at stride 8 and 16 (the presets' "
+            "are 2, 3)."
+        ) from None
     except OSError as error:  # hub unreachable, not in cache
         raise ULSADError(
             f"Could not download ImageNet weights for {name!r} ({error.__class__.__name__}). "

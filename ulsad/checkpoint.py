@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ulsad.config import ULSADConfig
@@ -178,6 +178,92 @@ def check_backbone(model: ULSADModel, record: dict[str, Any], weights_path: str)
         )
 
 
+# Buffers that are NaN until calibrated (`ULSADModel`): NaN there means "none", +-inf is refused.
+NAN_MEANS_NONE = {"map_quantiles", "threshold", "threshold_f1"}
+DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+          "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8,
+          "BOOL": torch.bool}  # fmt: skip
+
+
+def build(model_class: type[M], config: ULSADConfig, pretrained: bool, shown: str) -> M:
+    """`model_class(config)`, a construction failure as one ULSADError naming the config."""
+    try:
+        return model_class(config, pretrained_backbone=pretrained)
+    except (RuntimeError, ValueError, KeyError, IndexError) as error:  # e.g. unknown backbone
+        if isinstance(error, ULSADError):
+            raise ULSADError(f"{shown}: {error}") from None
+        raise ULSADError(
+            f"{shown}: cannot build the model ({type(error).__name__}: {error})."
+        ) from error
+
+
+def expected_tensors(model_class: type[M], config: ULSADConfig,
+                     backbone_stored: bool, shown: str) -> dict[str, tuple[tuple[int, ...], bool]]:  # fmt: skip
+    """Name -> (shape, floating) of every tensor a checkpoint of `config` stores, from the model
+    built on the meta device: no memory, no weights, whatever widths the config names."""
+    with torch.device("meta"):  # folding BatchNorm runs the backbone: not on meta, no entries
+        model = build(model_class, config.replace(fold_batchnorm=False), False, shown)
+    return {
+        name: (tuple(value.shape), value.is_floating_point())
+        for name, value in model.state_dict().items()
+        if backbone_stored or not name.startswith(BACKBONE_PREFIX)
+    }
+
+
+def check_header(config: ULSADConfig, pretrained: bool, weights_path: Path,
+                 model_class: type[M], shown: Callable[[Path], str]) -> None:  # fmt: skip
+    """The weights file's names, shapes and dtypes (its safetensors header only) against those
+    `config` gives, before any tensor is read or any model built: a config that does not fit its
+    weights (a 9 MB file whose config asks for a 3 GB model) is refused at once."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            header = {
+                name: (
+                    tuple(handle.get_slice(name).get_shape()),
+                    handle.get_slice(name).get_dtype(),
+                )
+                for name in handle.keys()  # noqa: SIM118 (safe_open has no __iter__)
+            }
+    except (SafetensorError, OSError) as error:
+        raise ULSADError(
+            f"{shown(weights_path)} is corrupt or truncated ({error}): re-download or re-save it."
+        ) from error
+    expected = expected_tensors(model_class, config, not pretrained, shown(weights_path))
+    missing = sorted(set(expected) - set(header) - OPTIONAL)
+    unexpected = sorted(set(header) - set(expected))
+    wrong = sorted(
+        name for name in expected
+        if name in header and (
+            header[name][0] != expected[name][0]
+            or (DTYPES.get(header[name][1], torch.uint8).is_floating_point != expected[name][1])
+        )
+    )  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ULSADError(
+            f"{shown(weights_path)} does not match its config.json (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shape or dtype {wrong[:3]}): the two files come from "
+            "different models."
+        )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], shown: str) -> None:
+    """Every loaded value must be finite (NaN only where it means "not calibrated"): a NaN
+    weight made every score NaN, which compared as "good"."""
+    bad = sorted(
+        name for name, value in tensors.items()
+        if value.is_floating_point() and not (
+            torch.isfinite(value).all()
+            or (name in NAN_MEANS_NONE and not torch.isinf(value).any())
+        )
+    )  # fmt: skip
+    if bad:
+        raise ULSADError(
+            f"{shown} holds non-finite values (NaN or infinity) in {len(bad)} tensor(s), e.g. "
+            f"{bad[:3]}: the model is broken (diverged training or a damaged file); re-train or "
+            "re-download it."
+        )
+
+
 def load_checkpoint(
     config_path: Path,
     weights_path: Path,
@@ -187,30 +273,17 @@ def load_checkpoint(
     """Build a `model_class` from a checkpoint's two files and load its tensors, every key
     checked; `shown(path)` names a file in messages. Where the files come from is `ulsad.hub`."""
     config, backbone = read_config(config_path, shown(config_path))
+    check_header(config, backbone is not None, weights_path, model_class, shown)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ULSADError(
             f"{shown(weights_path)} is corrupt or truncated ({error}): re-download or re-save it."
         ) from error
-    try:
-        model = model_class(config, pretrained_backbone=backbone is not None)
-    except (RuntimeError, ValueError, KeyError) as error:  # e.g. a backbone timm does not know
-        raise ULSADError(
-            f"{shown(config_path)}: cannot build the model ({type(error).__name__}: {error})."
-        ) from error
-    expected = model.state_dict()
+    check_finite(tensors, shown(weights_path))
+    model = build(model_class, config, backbone is not None, shown(config_path))
     if backbone is not None:
         check_backbone(model, backbone, shown(weights_path))
-        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIX)}
-    missing = sorted(set(expected) - set(tensors) - OPTIONAL)
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise ULSADError(
-            f"{shown(weights_path)} does not match its config.json (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, wrong shape {wrong[:3]}): the two files come from different models."
-        )
     # Strict in effect: every key was checked above; only the (verified) backbone's and the
     # OPTIONAL buffers may be absent. Each tensor is copied into the model's own, converted on
     # the way (float16 storage -> float32), so no converted copy of the whole state is held.

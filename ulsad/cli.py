@@ -95,6 +95,30 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> None:
     existing = _first_existing(path.absolute())
     if not existing.is_dir():
         raise ULSADError(f"{flag} {path} cannot be created: {existing} is a file.")
+    check_writable(existing, f"{flag} {path}", flag)
+
+
+def check_writable(folder: Path, shown: str, flag: str) -> None:
+    """Refuse a folder that cannot be written (read-only disk, no permission) before any work,
+    by creating and removing a file in it; `shown` names it in the message."""
+    import os
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ulsad-write-check.", dir=folder)
+    except OSError as error:
+        raise ULSADError(
+            f"{shown} is not writable ({error.strerror or error}): choose another {flag}."
+        ) from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def write_failed(error: OSError, kept: str) -> ULSADError:
+    """An OSError at write time (disk full, read-only, removed folder) as one line that says
+    what was kept."""
+    where = f" {error.filename}" if error.filename else ""
+    return ULSADError(f"could not write{where}: {error.strerror or error}. {kept}")
 
 
 def check_out_file(path: str | Path, flag: str = "--out") -> None:
@@ -153,19 +177,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ulsad import ULSAD
 
     model = ULSAD.from_preset(args.preset, **overrides)
-    model.fit(
-        images,
-        heldout=heldout,
-        device=args.device,
-        out_dir=args.out,
-        save_every=args.save_every,
-        resume=not args.restart,
-    )
-    from ulsad.card import record_run, write_model_card
+    try:
+        model.fit(
+            images,
+            heldout=heldout,
+            device=args.device,
+            out_dir=args.out,
+            save_every=args.save_every,
+            resume=not args.restart,
+        )
+        from ulsad.card import record_run, write_model_card
 
-    command = shlex.join(["ulsad", *args.argv])
-    record_run(args.out, command=command, dataset=args.dataset, category=args.category)
-    write_model_card(args.out)
+        command = shlex.join(["ulsad", *args.argv])
+        record_run(args.out, command=command, dataset=args.dataset, category=args.category)
+        write_model_card(args.out)
+    except OSError as error:
+        raise write_failed(
+            error,
+            f"{args.out} keeps its last complete files (the resume state of the last saved "
+            "epoch, if any): free some space or fix the folder, then run the same command "
+            "again to resume.",
+        ) from None
     print(f"Saved checkpoint to {args.out} (threshold {float(model.threshold):.4f}).")
     return 0
 
@@ -185,11 +217,11 @@ def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
             images = find_images(path)
             if not images:
                 raise ULSADError(f"No images (.png/.jpg/.jpeg/.bmp/.tif) found under {path}.")
-            found += [(p, p.relative_to(path).with_suffix("")) for p in images]
+            found += [(p, p.relative_to(path).parent / map_stem(p)) for p in images]
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise ULSADError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}).")
-            found.append((path, Path(path.stem)))
+            found.append((path, Path(map_stem(path))))
         else:
             raise ULSADError(f"No such file or folder: {path}")
     seen_paths, taken, unique = set(), set(), []
@@ -205,6 +237,19 @@ def _collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
         taken.add(name.as_posix().lower())
         unique.append((path, name))
     return unique
+
+
+def map_stem(path: Path) -> str:
+    """The name of an image's maps without their suffix: the file name less its own suffix only
+    (`frame.0001.png` -> `frame.0001`); names of dots alone (`..png`) get `_` for each dot, so
+    that no map lands outside `maps/`."""
+    stem = path.name[: len(path.name) - len(path.suffix)]
+    return stem if stem.strip(".") else "_" * max(1, len(stem))
+
+
+def with_extension(path: Path, extension: str) -> Path:
+    """`path` with `extension` appended (not replacing a suffix: `frame.0001` keeps its `.0001`)."""
+    return path.with_name(path.name + extension)
 
 
 SCORE_COLUMNS = ["path", "score", "verdict", "threshold"]  # scores.csv, then "map" with maps
@@ -251,13 +296,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ulsad.export import load_predictor
-    from ulsad.files import atomic_path, write_text_atomic
+    from ulsad.files import atomic_path, remove_stale_temporaries, write_text_atomic
     from ulsad.images import load_image
     from ulsad.visualize import overlay
 
     model = load_predictor(args.checkpoint, backend=args.backend, device=args.device)
     threshold = float(model.threshold) if model.calibrated else None
+    remove_stale_temporaries(out, ["scores.csv", "scores.previous.csv"])
+    if args.save_maps:  # left by runs killed mid-write (SIGKILL, power loss): never complete
+        folders: dict[Path, list[str]] = {}
+        for _, rel in items:
+            folders.setdefault(out / "maps" / rel.parent, []).extend(
+                [f"{rel.name}.npy", f"{rel.name}.png"]
+            )
+        for folder, names in folders.items():
+            remove_stale_temporaries(folder, names)
     rows, failed = [], []
+    kept = (
+        f"{out / 'scores.csv'} is unchanged; the maps written before this one are in "
+        f"{out / 'maps'}: free some space or choose another --out, then run the command again."
+    )
     bar = progress_bar(len(items), args.quiet, "image")
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
@@ -276,10 +334,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             rows.append((str(path.resolve()), prediction.score, f"maps/{rel.as_posix()}.npy"))
             if args.save_maps:
                 target = out / "maps" / rel
-                with atomic_path(target.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
-                    np.save(f, np.asarray(prediction.anomaly_map, dtype=np.float32))
-                with atomic_path(target.with_suffix(".png")) as tmp:
-                    overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
+                try:
+                    with atomic_path(with_extension(target, ".npy")) as tmp, open(tmp, "wb") as f:
+                        np.save(f, np.asarray(prediction.anomaly_map, dtype=np.float32))
+                    with atomic_path(with_extension(target, ".png")) as tmp:
+                        overlay(image, prediction.anomaly_map, threshold).save(tmp, format="PNG")
+                except OSError as error:
+                    raise write_failed(error, kept) from None
             del image, prediction
         del images, predictions
         bar.update(len(chunk))
@@ -289,9 +350,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"none of the {len(items)} image(s) could be read (listed above); {out} is unchanged."
         )
     target = out / "scores.csv"
-    if target.is_file():  # the previous run's scores are kept, not lost
-        target.replace(out / "scores.previous.csv")
-    write_text_atomic(target, _scores_csv(rows, args.save_maps, threshold))
+    try:
+        if target.is_file():  # the previous run's scores are kept, not lost
+            target.replace(out / "scores.previous.csv")
+        write_text_atomic(target, _scores_csv(rows, args.save_maps, threshold))
+    except OSError as error:
+        raise write_failed(
+            error,
+            f"No new scores.csv was written (an earlier one is kept, as scores.csv or "
+            f"scores.previous.csv); the maps are in {out / 'maps'}.",
+        ) from None
     print(f"Scored {len(rows)} image(s) -> {target}")
     if failed:
         print(
@@ -637,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:  # a file-system error no command turned into a clearer line
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}: files written before it are kept; "
+              "fix the cause and run the same command again.", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     finally:
         library_log.setLevel(level)
 

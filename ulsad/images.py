@@ -44,14 +44,33 @@ def _to_rgb(image: Image.Image, owned: bool = False) -> Image.Image:
     else:
         image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit greyscale
-        values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
     return image if owned and image.mode == "RGB" else image.convert("RGB")
+
+
+STRIP_PIXELS = 2**20  # 16-bit / float images are converted this many pixels at a time
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image -> 8 bits ("L"), scaled by 65535 if any value
+    exceeds 255 (else by 255). Converted in strips of rows: beside the 8-bit result only one
+    strip's float32 copy is held (whole-image float64 copies took 2.5x the documented memory)."""
+    peak = 65535.0 if float(image.getextrema()[1]) > 255 else 255.0
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        strip = np.asarray(image.crop((0, top, width, min(height, top + rows))), np.float32)
+        strip *= 255.0 / peak
+        strip += 0.5
+        np.clip(strip, 0, 255, out=strip)
+        out[top : top + strip.shape[0]] = strip
+        del strip
+    return Image.fromarray(out)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -101,9 +120,14 @@ def load_image(
     else:
         raise ULSADError(f"Cannot read an image from a {type(source).__name__}.")
 
-    def too_large(width: int, height: int, limit: int) -> ULSADError:
+    def limit_text() -> str:  # one wording for every refusal of this call, whatever the format
+        if reduce_to is None or max_pixels >= MAX_PIXELS:
+            return f"{max_pixels:,}"
+        return f"{max_pixels:,} (a JPEG up to {MAX_PIXELS:,}, decoded at a reduced scale)"
+
+    def too_large(width: int, height: int) -> ULSADError:
         return ULSADError(
-            f"{name} is {width}x{height} pixels, more than the {limit:,} this tool reads: "
+            f"{name} is {width}x{height} pixels, more than the {limit_text()} this tool reads: "
             "downscale it first."
         )
 
@@ -112,18 +136,17 @@ def load_image(
             width, height = image.size
             file_limit = max(max_pixels, MAX_PIXELS) if reduce_to else max_pixels
             if width * height > file_limit:
-                raise too_large(width, height, file_limit)
+                raise too_large(width, height)
             if reduce_to is not None and image.format == "JPEG" and max(width, height) > reduce_to:
                 scale = reduce_to / max(width, height)
                 image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
             if image.width * image.height > max_pixels:
-                raise too_large(width, height, max_pixels)
+                raise too_large(width, height)
             image.load()
             return _to_rgb(image, owned=True)
     except Image.DecompressionBombError:  # more than twice Image.MAX_IMAGE_PIXELS
         raise ULSADError(
-            f"{name} has more than {max_pixels:,} pixels, the most this tool reads: downscale it "
-            "first."
+            f"{name} has more than the {limit_text()} pixels this tool reads: downscale it first."
         ) from None
     except (
         UnidentifiedImageError,
@@ -148,26 +171,36 @@ def to_tensor(image: Image.Image, size: int) -> Tensor:
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, as PIL's crop
 
 
-def tile_boxes(width: int, height: int) -> list[Box]:
+MAX_TILES = 8  # tiles per image: a 1 x 4096 image is not scored as 4,096 tiles (memory, time)
+
+
+def tile_boxes(width: int, height: int, max_tiles: int = MAX_TILES) -> list[Box]:
     """Square tiles along the long side of an elongated image, so that each is resized to the
     model's input without distortion: as few as cover it, ceil(long / short), evenly spaced
     (overlapping where the long side is not a multiple of the short one), first and last flush
     with the ends.
     Below an aspect ratio of 2: one box, the whole image (a square resize; MVTec LOCO's 1.45 and
-    VisA's 1.5 stay whole, so a product's layout is seen at once)."""
+    VisA's 1.5 stay whole, so a product's layout is seen at once).
+    At most `max_tiles`: more elongated images (past 1:`max_tiles`, e.g. a 1 x 1024 strip) get
+    `max_tiles` boxes of long / `max_tiles` each, which the resize stretches across the short
+    side, so the work and memory per image stay bounded whatever its shape."""
     short, long = min(width, height), max(width, height)
-    count = math.ceil(long / short)
     if long < 2 * short:
         return [(0, 0, width, height)]
-    starts = [round(i * (long - short) / (count - 1)) for i in range(count)]
+    count = min(math.ceil(long / short), max(1, max_tiles))
+    side = max(short, math.ceil(long / count))  # the box's extent along the long side
+    if count == 1:
+        return [(0, 0, width, height)]
+    starts = [round(i * (long - side) / (count - 1)) for i in range(count)]
     if width >= height:
-        return [(start, 0, start + short, height) for start in starts]
-    return [(0, start, width, start + short) for start in starts]
+        return [(start, 0, start + side, height) for start in starts]
+    return [(0, start, width, start + side) for start in starts]
 
 
 def to_tiles(image: Image.Image, size: int, tile: bool) -> tuple[Tensor, list[Box]]:
     """The model's inputs for one image: (T, 3, size, size) in [0, 1] and each one's box in the
-    image. `tile`: square tiles of an elongated image (`tile_boxes`); else one square resize."""
+    image, T <= MAX_TILES. `tile`: tiles of an elongated image (`tile_boxes`); else one square
+    resize."""
     boxes = tile_boxes(image.width, image.height) if tile else [(0, 0, image.width, image.height)]
     if len(boxes) == 1:
         return to_tensor(image, size)[None], boxes

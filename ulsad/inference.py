@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ulsad.errors import ULSADError
 from ulsad.images import Box, load_image, to_tiles
 
 __all__ = [
@@ -130,6 +131,14 @@ def iter_predictions(
                 round(size[0] * image_size / box_h), round(size[1] * image_size / box_w)
             )  # fmt: skip
             last = first + len(boxes)
+            score = float(scores[first:last].max())
+            if not math.isfinite(score):  # NaN compared as "good": an error, never a verdict
+                shown = str(item) if isinstance(item, (str, Path)) else "an image"
+                raise ULSADError(
+                    f"The score of {shown} is {score}, not a number: the model computes "
+                    "non-finite values (broken weights or a diverged training), so no verdict "
+                    "can be given; re-train or re-download the checkpoint."
+                )
             combined, local_map, global_map = original_size_maps(
                 maps[first:last], boxes, size, out_size
             )
@@ -137,7 +146,7 @@ def iter_predictions(
                 item,
                 image,
                 Prediction(
-                    score=float(scores[first:last].max()),
+                    score=score,
                     anomaly_map=combined,
                     local_map=local_map,
                     global_map=global_map,

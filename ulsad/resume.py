@@ -44,8 +44,19 @@ def save_state(path: Path, model: ULSADModel, optimizer, scheduler, epoch: int, 
 
 def load_state(path: Path, key: str, model: ULSADModel, optimizer, scheduler,
                device: torch.device) -> tuple[int, list, EpochChoice]:  # fmt: skip
-    """Restore a resume state of the same run; returns (epochs done, history, kept epoch)."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Restore a resume state of the same run; returns (epochs done, history, kept epoch).
+    A corrupt, truncated or foreign file is one ULSADError that says how to start over."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("key"), str):
+            raise ValueError("not a dictionary with a run key")
+    except Exception as error:  # torch.load raises many kinds: zip, pickle, EOF, OS errors
+        raise ULSADError(
+            f"{path} is not a resume state this version can read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'}): pass {{restart}} "
+            "to discard it and train from the start.",
+            restart="resume=False",
+        ) from None
     if state["key"] != key:
         raise ULSADError(
             f"{path} belongs to a different training run (other data or settings): "
@@ -53,7 +64,15 @@ def load_state(path: Path, key: str, model: ULSADModel, optimizer, scheduler,
             out_dir="out_dir",
             restart="resume=False",
         )
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"], json.loads(state["history"]), EpochChoice(state.get("best"))
+    try:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return state["epoch"], json.loads(state["history"]), EpochChoice(state.get("best"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # same key, other contents
+        raise ULSADError(
+            f"{path} does not fit this model ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'}): pass "
+            "{restart} to discard it and train from the start.",
+            restart="resume=False",
+        ) from None

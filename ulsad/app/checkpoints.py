@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ulsad import ULSAD, hub
+from ulsad.checkpoint import CONFIG_NAME, read_config
+from ulsad.config import PRESETS, ULSADConfig
 from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
 from ulsad.images import IMAGE_EXTENSIONS
@@ -91,13 +93,56 @@ def check_hub_size(repo_id: str) -> None:
         raise ULSADError(f"{repo_id}/model.safetensors is {size / 2**30:.1f} GB: too big to load.")
 
 
+# What a public app builds from a Hub checkpoint's config.json (checked before its weights are
+# downloaded): the presets' backbones and at most their widths, inputs up to 384 px. A config
+# may otherwise ask for any size of model (featae_width=6000: +3.3 GB) or of input
+# (image_size=2560: 8.6 s per request). Embedded checkpoints (the manifest's) are trusted.
+PUBLIC_MAX = {"image_size": 384, "channels": 384, "featae_width": 1536, "global_width": 64}
+PUBLIC_MAX_AGGREGATION = 9
+
+
+def check_public_config(config: ULSADConfig, repo_id: str) -> None:
+    """Refuse a Hub checkpoint's config that asks for more than the app builds (`PUBLIC_MAX`)."""
+    backbones = sorted({preset.backbone for preset in PRESETS.values()})
+    if config.backbone not in backbones:
+        raise ULSADError(
+            f"{repo_id}: backbone {config.backbone!r} is not one this app runs "
+            f"({', '.join(backbones)})."
+        )
+    for field, most in PUBLIC_MAX.items():
+        value = getattr(config, field)
+        if value > most:
+            raise ULSADError(
+                f"{repo_id}: {field} {value} is more than this app runs (at most {most}): "
+                "score with this checkpoint locally (`ulsad predict`)."
+            )
+    if max(config.feature_aggregation) > PUBLIC_MAX_AGGREGATION:
+        raise ULSADError(
+            f"{repo_id}: feature_aggregation {list(config.feature_aggregation)} is more than "
+            f"this app runs (at most {PUBLIC_MAX_AGGREGATION})."
+        )
+
+
+def check_hub_config(spec: str) -> None:
+    """Download only a Hub checkpoint's config.json and check it (`check_public_config`)."""
+    _, repo_id = hub.resolve_checkpoint(spec, local=False)
+    if repo_id is None:
+        return
+    path = hub.download_file(repo_id, CONFIG_NAME, None, {}, local=False)
+    config, _ = read_config(path, f"config.json of {spec}")
+    check_public_config(config, spec)
+
+
 class ModelCache:
-    """The `maxsize` most recently used checkpoints, loaded once each (thread-safe)."""
+    """The `maxsize` most recently used checkpoints, loaded once each (thread-safe): requests for
+    one checkpoint while it loads wait for that load instead of starting their own."""
 
     def __init__(self, maxsize: int = 4, device: str | torch.device | None = None):
         self.maxsize, self.device = maxsize, resolve_device(device)
         self._models: OrderedDict[str, ULSAD] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # a lock per checkpoint being loaded
+        self.loads = 0  # loads started (tests: concurrent requests for one id load it once)
 
     def put(self, spec: str, model: ULSAD) -> None:
         """Keep `model` under `spec`, dropping the least recently used beyond `maxsize`."""
@@ -117,13 +162,30 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per checkpoint at a time; who waited finds it cached
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
+                self.loads += 1
+            try:
+                model = self._load(spec, local)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+        self.put(key, model)
+        return model
+
+    def _load(self, spec: str, local: bool) -> ULSAD:
+        """Load outside the cache's lock (may download); a public app's Hub checkpoints are
+        checked first: the size of their weights and what their config asks to build."""
         is_hub_id = hub.is_hub_repo_id(spec) and not (local and Path(spec).exists())
         if is_hub_id and spec not in hub.read_manifest()["checkpoints"]:
             check_hub_size(spec)
-        # Outside the lock: may download.
-        model = ULSAD.from_pretrained(spec, device=self.device, local=local)
-        self.put(key, model)
-        return model
+            if not local:
+                check_hub_config(spec)
+        return ULSAD.from_pretrained(spec, device=self.device, local=local)
 
 
 def local_checkpoints_allowed() -> bool:

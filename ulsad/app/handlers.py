@@ -19,10 +19,11 @@ from PIL import Image
 from ulsad import ULSAD
 from ulsad.app import inputs
 from ulsad.app.checkpoints import FITTED, ModelCache, describe, model_threshold
+from ulsad.app.disk import enforce_budget
 from ulsad.app.figures import histogram_figure
 from ulsad.app.fitting import FIT_MAX_IMAGES, FitStopped, fit_lite, zip_folder
 from ulsad.app.scoring import inspect_image, score_batch, write_csv
-from ulsad.app.sessions import Session
+from ulsad.app.sessions import Session, session_root
 from ulsad.errors import ULSADError
 from ulsad.hub import push_folder
 
@@ -86,6 +87,14 @@ def chosen_threshold(model: ULSAD, threshold: Any) -> float | None:
     return inputs.number(threshold, "Threshold", -1e6, 1e6)
 
 
+def check_disk() -> None:
+    """Before a request writes: old uploads and outputs are deleted while gradio's cache and the
+    session folders hold more than the disk budget; refused if still over (`ulsad.app.disk`)."""
+    from gradio.utils import get_upload_folder
+
+    enforce_budget([get_upload_folder(), session_root()])
+
+
 def own_file(image: Image.Image) -> Image.Image:
     """`image` with a random token in its metadata, so that gradio caches it in a file of its own.
 
@@ -105,6 +114,7 @@ def own_file(image: Image.Image) -> Image.Image:
 @friendly
 def inspect(image, checkpoint, threshold, custom_checkpoint, session: Session):
     """One image -> score, overlay, local map, global map, verdict, interactive heatmap."""
+    check_disk()
     model = session.model(checkpoint, custom_checkpoint, CACHE)
     loaded, notice = inputs.load_upload(*inputs.upload_path(image))
     if notice:
@@ -125,12 +135,16 @@ def inspect_again(image, checkpoint, threshold, custom_checkpoint, session: Sess
 @friendly
 def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, progress=PROGRESS):
     """Many images (or zips) -> table sorted by score, histogram, worst overlays, CSV."""
+    check_disk()
     model = session.model(checkpoint, custom_checkpoint, CACHE)
     threshold = chosen_threshold(model, threshold)
     with tempfile.TemporaryDirectory(dir=session.workdir) as unpacked:
         images, left_out = inputs.collect_images(files, unpacked, inputs.MAX_BATCH_IMAGES)
         if not images:
-            raise ULSADError("No images found: upload PNG, JPEG, BMP or TIFF files, or a zip.")
+            why = f" ({skipped(left_out)})" if left_out else ""
+            raise ULSADError(
+                f"No images found{why}: upload PNG, JPEG, BMP or TIFF files, or a zip of them."
+            )
         progress(0, desc="Scoring")
         result = score_batch(
             model,
@@ -156,6 +170,7 @@ def batch(files, checkpoint, threshold, custom_checkpoint, worst_n, session, pro
 @friendly
 def fit(files, epochs, augment, session: Session, progress=PROGRESS):
     """Train a lite model on the uploaded good images; select it and offer it for download."""
+    check_disk()
     session.stop = False
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = session.workdir / f"fitted-{stamp}"

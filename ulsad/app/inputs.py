@@ -20,6 +20,8 @@ MAX_BATCH_IMAGES = 500
 MAX_UPLOAD_PIXELS = 64_000_000  # larger uploads are refused before decoding (JPEGs: reduced)
 MAX_MEMBER_BYTES = 200 * 2**20  # per image inside an uploaded zip
 MAX_UNPACKED_BYTES = 2**30  # everything unpacked from the zips of one request, together
+# Zip compression methods Python unpacks: stored, deflate, bzip2, lzma (not Deflate64, 9).
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 # An absolute POSIX path (not a URL, not "owner/name"): shown to app users as its last part.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"/:,;()]+/)*([^\s'\"/:,;()]*)")
@@ -89,8 +91,8 @@ def load_upload(path: str | Path, name: str | None = None) -> tuple[Image.Image,
 def member_problem(member: zipfile.ZipInfo) -> str | None:
     """Why a zip member is not unpacked ("" for OS metadata, left out silently), or None."""
     name = member.filename.replace("\\", "/")
-    parts = [part for part in name.split("/") if part]
-    if member.is_dir():
+    parts = [part for part in name.split("/") if part and part != "."]  # dir/./c.png: dir/c.png
+    if member.is_dir() or not parts:
         return ""
     if any(part.startswith("__MACOSX") for part in parts) or parts[-1].startswith("."):
         return ""  # macOS resource forks, hidden files
@@ -105,6 +107,13 @@ def member_problem(member: zipfile.ZipInfo) -> str | None:
         return "not an image"
     if member.file_size > MAX_MEMBER_BYTES:
         return f"over {MAX_MEMBER_BYTES // 2**20} MB"
+    if member.flag_bits & 0x1:
+        return "encrypted (password-protected), not unpacked: zip it without a password"
+    if member.compress_type not in ZIP_METHODS:
+        return (
+            f"compressed with method {member.compress_type} (e.g. Deflate64), which cannot be "
+            "unpacked here: zip it with the standard Deflate method"
+        )
     return None
 
 
@@ -161,7 +170,14 @@ def collect_images(
                                 if unpacked > budget:
                                     raise too_much()
                                 sink.write(chunk)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as error:
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                OSError,
+                EOFError,
+                RuntimeError,  # encrypted members the flag did not announce
+                NotImplementedError,  # compression methods zipfile lacks
+            ) as error:
                 raise ULSADError(f"Cannot read {name} as a zip archive ({error}).") from None
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             add(path, name)

@@ -79,18 +79,36 @@ class Inspection:
     figure: Any
 
 
-def inspect_image(model: ULSAD, image: Image.Image, threshold: float | None) -> Inspection:
-    """Everything the Inspect tab shows for one (already loaded) image."""
+# The Inspect panels are drawn at most this large on their long side (they are shown at 280-360
+# px): a 4096 x 4096 upload gave three full-size PNGs, 111 MB per request kept for an hour.
+PANEL_SIDE = 1024
+
+
+def inspect_image(
+    model: ULSAD, image: Image.Image, threshold: float | None, panel_side: int = PANEL_SIDE
+) -> Inspection:
+    """Everything the Inspect tab shows for one (already loaded) image; the panels at most
+    `panel_side` pixels on their long side (maps area-averaged to it), the score and the
+    heatmap's colour range from the full-size maps."""
     pred = model.predict(image)
     vmin, vmax = display_range(pred.anomaly_map, threshold)
+    shown = image
+    if max(image.size) > panel_side:
+        shown = image.copy()
+        shown.thumbnail((panel_side, panel_side), Image.BILINEAR)
+    size = (shown.height, shown.width)
+
+    def small(anomaly_map: np.ndarray) -> np.ndarray:
+        return anomaly_map if anomaly_map.shape == size else resize_map(anomaly_map, size)
+
     return Inspection(
         score=pred.score,
-        overlay=overlay(image, pred.anomaly_map, threshold),
-        local_map=blend(image, pred.local_map, vmin, vmax),
+        overlay=overlay(shown, small(pred.anomaly_map), threshold),
+        local_map=blend(shown, small(pred.local_map), vmin, vmax),
         global_map=(
-            blend(image, pred.global_map, vmin, vmax)
+            blend(shown, small(pred.global_map), vmin, vmax)
             if model.uses_global_map
-            else unused_panel(image)
+            else unused_panel(shown)
         ),
         verdict=verdict(pred, threshold, model.uses_global_map),
         figure=heatmap_figure(pred.anomaly_map, threshold),

@@ -36,6 +36,7 @@ CSS = ".verdict textarea {font-size: 1.05em; font-weight: 600} .credits {font-si
 LAUNCH_KWARGS: dict[str, Any] = {"theme": THEME, "css": CSS, "max_file_size": "200mb"}
 # Every 10 min, delete uploads and outputs in gradio's cache older than 1 h (else kept for ever).
 DELETE_CACHE = (600, 3600)
+QUEUE_SIZE = 64  # requests waiting beyond it are refused (HTTP 503) until places free up
 
 INTRO = """# ULSAD: find what is wrong in an image
 Unsupervised anomaly detection trained on **good images only**. The *local* branch sees structural
@@ -230,7 +231,8 @@ def build_demo(
             session,
             None,
             api_visibility="private",
-            concurrency_limit=None,
+            concurrency_limit=4,  # sets a flag: instant, yet bounded like every event
+            concurrency_id="stop",
         )
         push_button.click(
             push,
@@ -239,15 +241,17 @@ def build_demo(
             api_visibility="private",
             concurrency_limit=1,
         )
+        # Private events can still be called through /queue/join: each has a limit too. Loading
+        # a checkpoint shares one queue of 2 (and `ModelCache` merges loads of one id).
         describe_args = ([checkpoint, custom, session], [threshold_slider, checkpoint_info])
+        loads = {"api_visibility": "private", "concurrency_limit": 2, "concurrency_id": "load"}
         for event in (checkpoint.change, custom.submit):
-            event(on_checkpoint, *describe_args, api_visibility="private", concurrency_limit=None)
+            event(on_checkpoint, *describe_args, **loads)
         threshold_kind.change(
             on_checkpoint,
             [checkpoint, custom, session, threshold_kind],
             [threshold_slider, checkpoint_info],
-            api_visibility="private",
-            concurrency_limit=None,
+            **loads,
         )
-    demo.queue(max_size=64)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return demo
