@@ -323,8 +323,8 @@ def test_a_full_disk_gives_one_line_that_says_what_was_kept(tmp_path, capsys, mo
                        "--save-maps", *images)  # fmt: skip
     line = one_error_line(err)
     assert code == 2 and "No space left on device" in line and "scores.csv is unchanged" in line
-    monkeypatch.setattr(ULSAD, "fit", full)
-    code, _, err = run(capsys, "train", "--data", tmp_path, "--out", tmp_path / "t")
+    monkeypatch.setattr(ULSAD, "fit", full)  # the images are found before the fit starts
+    code, _, err = run(capsys, "train", "--data", BOTTLE / "examples", "--out", tmp_path / "t")
     line = one_error_line(err)
     assert code == 2 and "No space left on device" in line and "run the same command" in line
 

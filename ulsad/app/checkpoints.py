@@ -15,10 +15,11 @@ import torch
 
 from ulsad import ULSAD, hub
 from ulsad.checkpoint import CONFIG_NAME, read_config
-from ulsad.config import PRESETS, ULSADConfig
+from ulsad.config import ULSADConfig
 from ulsad.devices import resolve_device
 from ulsad.errors import ULSADError
 from ulsad.images import IMAGE_EXTENSIONS
+from ulsad.presets import PRESETS
 
 FITTED = "fitted"  # checkpoint choice: the model fitted in this session
 MAX_HUB_CHECKPOINT_BYTES = 2**30
@@ -103,7 +104,7 @@ PUBLIC_MAX_AGGREGATION = 9
 
 def check_public_config(config: ULSADConfig, repo_id: str) -> None:
     """Refuse a Hub checkpoint's config that asks for more than the app builds (`PUBLIC_MAX`)."""
-    backbones = sorted({preset.backbone for preset in PRESETS.values()})
+    backbones = sorted({preset.config.backbone for preset in PRESETS.values()})
     if config.backbone not in backbones:
         raise ULSADError(
             f"{repo_id}: backbone {config.backbone!r} is not one this app runs "
