@@ -73,17 +73,25 @@ def record_run(directory: str | Path, **fields: Any) -> Path:
     return path
 
 
+def _records(directory: Path) -> tuple[dict, dict, list[dict]]:
+    """A checkpoint folder's config.json, training.json ({} if absent) and eval*.json records."""
+    training_path = directory / TRAINING_NAME
+    training = _read_json(training_path) if training_path.is_file() else {}
+    evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
+    return _read_json(directory / CONFIG_NAME), training, evals
+
+
+def _recorded(training: dict, evals: list[dict], key: str) -> Any:
+    """`key` (dataset, category) as training.json records it, else the first eval record's."""
+    return training.get(key) or next((e[key] for e in evals if key in e), None)
+
+
 def card_metadata(directory: str | Path, license: str | None = None) -> dict[str, Any]:
     """The Hub metadata of the checkpoint in `directory` (a plain dict, YAML-ready)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    directory = Path(directory)
-    config = _read_json(directory / CONFIG_NAME)
-    training = (
-        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
-    )
-    evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
-    dataset = training.get("dataset") or next((e["dataset"] for e in evals if "dataset" in e), None)
+    config, training, evals = _records(Path(directory))
+    dataset = _recorded(training, evals, "dataset")
     data_license = DATASETS.get(str(dataset), (dataset, "other"))[1]
     results = []
     for record in evals:
@@ -122,15 +130,10 @@ def card_metadata(directory: str | Path, license: str | None = None) -> dict[str
 def model_name(directory: str | Path) -> str:
     """The model's name: `ULSAD <preset>` and, when known, the data it was trained on
     (`ULSAD lite MVTec AD bottle`)."""
-    directory = Path(directory)
-    config = _read_json(directory / CONFIG_NAME)
-    training = (
-        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
-    )
-    evals = [_read_json(p) for p in sorted(directory.glob("eval*.json"))]
-    dataset = training.get("dataset") or next((e["dataset"] for e in evals if "dataset" in e), None)
-    category = training.get("category") or next(
-        (e["category"] for e in evals if "category" in e), None
+    config, training, evals = _records(Path(directory))
+    dataset, category = (
+        _recorded(training, evals, "dataset"),
+        _recorded(training, evals, "category"),
     )
     name = DATASETS.get(str(dataset), (dataset, "other"))[0] if dataset else None
     data = " ".join(str(part) for part in (name, category) if part)
@@ -139,10 +142,7 @@ def model_name(directory: str | Path) -> str:
 
 def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str:
     """The text of a generated card: what the model is, the command, the measured metrics."""
-    config = _read_json(directory / CONFIG_NAME)
-    training = (
-        _read_json(directory / TRAINING_NAME) if (directory / TRAINING_NAME).is_file() else {}
-    )
+    config, training, _ = _records(directory)
     command = training.get("command")
     name = model_name(directory)
     title = repo_id.split("/")[-1] if repo_id else name
