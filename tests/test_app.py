@@ -370,10 +370,14 @@ def test_the_layout_examples_logical_defect_is_found_by_the_global_map(
     assert f"threshold {threshold:.4f}" in verdict
     assert "strongest evidence: global (logical) map" in verdict
     assert local_only.predict(LAYOUT_LOGICAL).score < threshold < score
+    image = Image.open(LAYOUT_LOGICAL).convert("RGB")
+    expected = scoring.inspect_image(model, image, threshold)  # both maps, over the image
+    for shown, drawn in ((local_map, expected.local_map), (global_map, expected.global_map)):
+        pixels = np.asarray(Image.open(shown).convert("RGB")).astype(int)
+        assert np.abs(pixels - np.asarray(drawn).astype(int)).max() <= 1
     panel = np.asarray(Image.open(global_map).convert("RGB")).astype(int)
     grey = (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()
     assert not grey and np.abs(panel[..., 0] - panel[..., 2]).max() > 50  # a coloured heatmap
-    image = Image.open(LAYOUT_LOGICAL).convert("RGB")
     unused = np.asarray(scoring.unused_panel(image)).astype(int)
     assert np.abs(panel - unused).mean() > 20  # not the "Not used" panel
 
