@@ -334,6 +334,54 @@ def test_default_app_uses_the_embedded_checkpoint_and_its_examples(
     assert score == pytest.approx(ULSAD.from_pretrained("bottle").predict(image).score, abs=1e-5)
 
 
+LAYOUT_LOGICAL = WEIGHTS_DIR / "layout" / "examples" / "mismatched_004.png"
+
+
+@pytest.mark.skipif(
+    not (WEIGHTS_DIR / "layout" / "model.safetensors").is_file(),
+    reason="embedded checkpoint weights/layout not installed",
+)
+def test_the_layout_examples_logical_defect_is_found_by_the_global_map(
+    app_module, tmp_path_factory
+):
+    """The demo shows both halves of ULSAD. The default app offers the synthetic layout
+    checkpoint with its examples; on the colour-mismatch example, through the API, the global map
+    is drawn (a heatmap, not the grey "Not used" panel) and carries the verdict: the image is
+    anomalous, while the same model's local map alone scores it below the threshold.
+    (Measured: score 1.085, threshold 0.0949, local map alone 0.026.)"""
+    choices, _ = checkpoints.checkpoint_choices()
+    assert "layout" in [value for _, value in choices]
+    assert [str(LAYOUT_LOGICAL), "layout"] in checkpoints.example_rows(choices)
+    model = ULSAD.from_pretrained("layout")
+    threshold = float(model.threshold)
+    local_only = ULSAD.from_pretrained("layout")
+    local_only.config.local_weight = 1.0  # the combined map is the local map
+    assert model.uses_global_map and not local_only.uses_global_map
+    demo = serve(app_module)
+    try:
+        api = client(demo, tmp_path_factory)
+        score, _, local_map, global_map, verdict, _ = api.predict(
+            handle_file(LAYOUT_LOGICAL), checkpoint="layout", threshold=None, api_name="/inspect"
+        )
+    finally:
+        demo.close()
+    assert score == pytest.approx(model.predict(LAYOUT_LOGICAL).score, abs=1e-5)
+    assert score > threshold and verdict.startswith("ANOMALOUS")
+    assert f"threshold {threshold:.4f}" in verdict
+    assert "strongest evidence: global (logical) map" in verdict
+    assert local_only.predict(LAYOUT_LOGICAL).score < threshold < score
+    image = Image.open(LAYOUT_LOGICAL).convert("RGB")
+    expected = scoring.inspect_image(model, image, threshold)  # both maps, over the image
+    for shown, drawn in ((local_map, expected.local_map), (global_map, expected.global_map)):
+        pixels = np.asarray(Image.open(shown).convert("RGB")).astype(int)
+        assert np.abs(pixels - np.asarray(drawn).astype(int)).max() <= 1
+    panel = np.asarray(Image.open(global_map).convert("RGB")).astype(int)
+    grey = (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()
+    assert not grey and np.abs(panel[..., 0] - panel[..., 2]).max() > 50  # a coloured heatmap
+    unused = np.asarray(scoring.unused_panel(image)).astype(int)
+    assert np.abs(panel - unused).mean() > 20  # not the "Not used" panel
+
+
 def test_manifest_drives_the_default_checkpoint_dropdown_and_examples(
     app_module, trained_checkpoint, test_images, tmp_path, tmp_path_factory, monkeypatch
 ):

@@ -152,6 +152,9 @@ def check_quickstart(s):
     assert f1(best) == max(f1(x - 1e-9) for x in scores)
     good = [x for x, y in zip(scores, labels, strict=True) if y == 0]
     assert min(good) <= thresholds["5% false alarms on good images"] <= max(good)
+    # The layout checkpoint's logical example: the global map lifts it over the threshold.
+    layout = s["layout_example"]
+    assert layout["local_only"] < layout["threshold"] < layout["score"], layout
 
 
 def check_dataset(dataset: str, real: str | None = None):

@@ -578,7 +578,9 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
                    help="no progress bar or progress lines (a bar shows only on a terminal)")  # fmt: skip
 
 
-CHECKPOINT_HELP = "checkpoint folder, embedded name (bottle, metal_plate) or Hub repo id owner/name"
+CHECKPOINT_HELP = (
+    "checkpoint folder, embedded name (bottle, metal_plate, layout) or Hub repo id owner/name"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

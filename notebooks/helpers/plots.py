@@ -293,3 +293,23 @@ def maps_png(
             corner = (col * (side + gap), row * (side + gap))
             grid.paste(tile.convert("RGB").resize((side, side)), corner)
     return png(grid)
+
+
+def branch_maps_png(path: str | Path, pred: Any, threshold: float | None, side: int = 192) -> bytes:
+    """A static picture (PNG bytes) of one image and what each branch sees: the image, its local
+    map, its global map (both heatmaps over the image, in the anomaly map's colour range, so
+    that they compare) and the overlay of the combined map outlining the region above
+    `threshold`."""
+    gap = 4
+    image = load_image(path).convert("RGB")
+    vmin, vmax = display_range(pred.anomaly_map, threshold)
+
+    def heat(anomaly_map: np.ndarray) -> Image.Image:
+        return Image.blend(image, Image.fromarray(colorize(anomaly_map, vmin, vmax)), 0.5)
+
+    tiles = (image, heat(pred.local_map), heat(pred.global_map),
+             overlay(image, pred.anomaly_map, threshold))  # fmt: skip
+    grid = Image.new("RGB", (4 * side + 3 * gap, side), "white")
+    for col, tile in enumerate(tiles):
+        grid.paste(tile.resize((side, side)), (col * (side + gap), 0))
+    return png(grid)
