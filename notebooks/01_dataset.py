@@ -219,12 +219,14 @@ job = make_jobs(
     device=DEVICE,
     progress=True,
 )[0]
-config = job.config()
+config, recipe = job.config(), job.recipe()
+budget = f"{recipe.epochs} epochs" if recipe.epochs else f"{recipe.steps} steps"
+weight = "chosen in training" if recipe.choose_local_weight else config.local_weight
 print(
     f"preset {PRESET}: backbone {config.backbone}, C={config.channels}, {config.image_size} px, "
-    f"{config.epochs or config.steps} {'epochs' if config.epochs else 'steps'}, seed {config.seed}, lambdas {config.lambda_local}/"
-    f"{config.lambda_attention}/{config.lambda_global}, local_weight {config.local_weight} "
-    f"(None: chosen in training), image_score_fraction {config.image_score_fraction}"
+    f"{budget}, seed {recipe.seed}, lambdas {config.lambda_local}/{config.lambda_attention}/"
+    f"{config.lambda_global}, local_weight {weight}, "
+    f"image_score_fraction {config.image_score_fraction}"
 )
 
 # %% [markdown]
