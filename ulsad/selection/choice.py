@@ -152,6 +152,9 @@ class EpochChoice:
         else:
             self.state["top"] = top
         local_only = {"local_only_score": table[1.0]["score"]} if 1.0 in table else {}
+        if 1.0 in table and "logical" in table[1.0].get("families", {}):
+            logical = [row["families"]["logical"]["score"] for row in table.values()]
+            local_only["logical_gain"] = max(logical) - table[1.0]["families"]["logical"]["score"]
         return {"local_weight": weight, **table[weight], **local_only}
 
     def apply(self, model: ULSADModel) -> None:
@@ -163,7 +166,11 @@ class EpochChoice:
 
 def global_map_adds_nothing(point: dict) -> bool:
     """Whether a selection point's fusion (`EpochChoice.consider`'s record) gave the global map
-    no weight, or a best score within `PRUNE_TOLERANCE` (a tie) of the local map alone's."""
+    no weight, or a best score within `PRUNE_TOLERANCE` (a tie) of the local map alone's, and
+    the global map adds no more than that on the logical family either (`logical_gain`: its
+    best score over the local map alone's), the defects it exists for."""
+    if point.get("logical_gain", 0.0) >= PRUNE_TOLERANCE:
+        return False
     if point["local_weight"] == 1.0:
         return True
     return point["score"] - point.get("local_only_score", -math.inf) < PRUNE_TOLERANCE
@@ -189,6 +196,8 @@ def selection_record(
     history: list[dict],
 ) -> dict:
     """What selection chose and why, for `training.json` (its `synthetic_validation` entry)."""
+    table = json.loads(choice.state["table"])
+    families = sorted(next(iter(table.values())).get("families", {}))
     return {
         "defects": recipe.synthetic_defects,
         "kinds": sorted(set(defects.kinds)),
@@ -198,7 +207,12 @@ def selection_record(
         "chosen_epoch": choice.state["epoch"],
         "local_weight": choice.state["local_weight"],
         "global_pruned_after": pruned_after(recipe, model, history),
-        "fusion_table": json.loads(choice.state["table"]),
+        "fusion_table": table,
+        "rule": "minimax family regret" if families else "best score",
+        # per family (structural, logical), the score of each candidate weight
+        "family_scores": {
+            f: {str(w): row["families"][f]["score"] for w, row in table.items()} for f in families
+        },
     }
 
 
