@@ -76,9 +76,7 @@ def _is_one_of(batch: torch.Tensor, references: torch.Tensor) -> bool:
                for x in batch for ref in [references])  # fmt: skip
 
 
-def test_the_global_branch_reads_the_whole_image_in_training_and_inference(
-    tmp_path, global_inputs
-):
+def test_the_global_branch_reads_the_whole_image_in_training_and_inference(tmp_path, global_inputs):
     images = _elongated()
     model = ULSAD.from_preset("lite", image_size=128, epochs=2, batch_size=4,
                               synthetic_defects=8, attention_queries=0)  # fmt: skip
@@ -90,6 +88,7 @@ def test_the_global_branch_reads_the_whole_image_in_training_and_inference(
     assert training["n_train_tiles"] == 15 and training["n_train_inputs"] == 20
     trained_on = torch.cat(global_inputs)
     assert len(trained_on) > 0
+
     # Every input of the global branch in training and selection is a whole image, never a
     # tile: a good one, or one with a synthetic defect pasted in (most of its pixels unchanged).
     def changed(x: torch.Tensor, references: torch.Tensor) -> float:
