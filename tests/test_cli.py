@@ -567,3 +567,27 @@ def test_predict_progress_only_on_a_terminal_without_quiet(trained_checkpoint, s
     assert code == 0, err
     shown = "16/16" in err and "image" in err
     assert shown == (terminal and not quiet), err
+
+
+def test_card_shows_the_per_family_table_behind_the_fusion_weight(trained_checkpoint, tmp_path):
+    from ulsad.card import write_model_card
+
+    folder = tmp_path / "families"
+    shutil.copytree(trained_checkpoint, folder)
+    training = json.loads((folder / "training.json").read_text())
+
+    def row(structural: float, logical: float) -> dict:
+        scores = {"structural": {"score": structural}, "logical": {"score": logical}}
+        return {"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7,
+                "score": (structural + logical) / 2, "families": scores}  # fmt: skip
+
+    table = {"0.5": row(0.96, 0.90), "1.0": row(0.97, 0.80)}
+    training["synthetic_validation"] = {
+        "defects": 8, "kinds": ["perlin", "swap"], "epochs_compared": [5], "chosen_epoch": 5,
+        "local_weight": 0.5, "global_pruned_after": None, "fusion_table": table,
+    }  # fmt: skip
+    (folder / "training.json").write_text(json.dumps(training))
+    card = write_model_card(folder).read_text()
+    assert "| local weight | logical | structural | regret |" in card
+    assert "| **0.5 (chosen)** | 0.9000 | 0.9600 | 0.0100 |" in card
+    assert "| 1.0 | 0.8000 | 0.9700 | 0.1000 |" in card

@@ -14,8 +14,15 @@ from ulsad.data import make_layout_dataset, make_synthetic_dataset
 from ulsad.data.synthetic import LAYOUT_DEFECTS
 from ulsad.model import top_mean
 from ulsad.recipe import TrainingRecipe
-from ulsad.selection import pruned_after
-from ulsad.selection.defects import KINDS, LOGICAL_KINDS, parts, perlin_noise, synthetic_defects
+from ulsad.selection import EpochChoice, global_map_adds_nothing, pruned_after
+from ulsad.selection.defects import (
+    KINDS,
+    LOGICAL_KINDS,
+    STRUCTURAL_KINDS,
+    parts,
+    perlin_noise,
+    synthetic_defects,
+)
 from ulsad.selection.scoring import (
     SelectionMaps,
     best_weight,
@@ -81,7 +88,7 @@ def test_synthetic_defects_are_deterministic_per_seed(good_images):
     b_images, b_masks, b_kinds = synthetic_defects(good_images, 12, seed=3)
     _, c_masks, _ = synthetic_defects(good_images, 12, seed=4)
     assert torch.equal(a_images, b_images) and torch.equal(a_masks, b_masks)
-    assert a_kinds == b_kinds == list(KINDS) * 2
+    assert a_kinds == b_kinds == (list(KINDS) * 2)[:12]
     assert not torch.equal(a_masks, c_masks)
     # Each image depends only on (seed, index): asking for fewer gives the same first ones.
     fewer, fewer_masks, _ = synthetic_defects(good_images, 5, seed=3)
@@ -141,8 +148,10 @@ def test_parts_are_whole_separate_parts_on_a_plain_ground(parts_scene, good_imag
 
 
 def test_logical_defects_take_whole_parts_in_a_scene_of_parts(parts_scene):
-    count = 3 * len(LOGICAL_KINDS) * len(parts_scene)
-    images, masks, kinds = synthetic_defects(parts_scene, count, seed=5, kinds=LOGICAL_KINDS)
+    part_kinds = ("missing", "duplicate", "moved")  # the kinds that take whole parts
+    assert set(part_kinds) <= set(LOGICAL_KINDS)
+    count = 3 * len(part_kinds) * len(parts_scene)
+    images, masks, kinds = synthetic_defects(parts_scene, count, seed=5, kinds=part_kinds)
     sources = parts_scene.repeat(count // len(parts_scene), 1, 1, 1)
     ground = torch.tensor([120.0, 120.0, 120.0])
     for image, mask, source, kind in zip(images, masks, sources, kinds, strict=True):
@@ -446,3 +455,126 @@ def test_global_branch_finds_logical_defects_that_the_local_branch_misses(
     assert local_only_aurocs["all"] <= 0.65, local_only_aurocs
     for kind in LAYOUT_DEFECTS:  # the global branch adds each kind, not just one
         assert full[kind] >= local_only_aurocs[kind] + 0.2, (kind, full, local_only_aurocs)
+
+
+# ----------------------------------------------------------------------------- logical kinds
+NEW_LOGICAL = ("swap", "recolour", "erase", "fill_level")
+
+
+@pytest.fixture(scope="module")
+def product_photos() -> torch.Tensor:
+    """Three 128 x 128 "bottles" on a dark ground: a yellow body filled to a level, a white
+    label with dark print, a fruit icon; noisy, as a photo (uint8)."""
+    rng = np.random.default_rng(2)
+    images = []
+    for shift in (0, 3, -2):
+        image = 20 + rng.normal(0, 3, size=(128, 128, 3))
+        image[20 + shift : 120, 34:94] = (220, 190, 60)  # the body, filled
+        image[20 + shift : 40 + shift, 34:94] = (200, 200, 210)  # the empty part above the level
+        image[70:100, 40:88] = (245, 240, 230)  # the label
+        image[80:84, 46:82] = (30, 30, 30)  # its print
+        image[50:62, 58:70] = (200, 60, 40)  # the icon
+        image += rng.normal(0, 4, size=image.shape)
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("kind", NEW_LOGICAL)
+def test_each_new_logical_kind_is_seeded_and_masks_exactly_what_it_changed(kind, product_photos):
+    assert kind in LOGICAL_KINDS and kind not in STRUCTURAL_KINDS
+    images, masks, kinds = synthetic_defects(product_photos, 6, seed=5, kinds=(kind,))
+    again, again_masks, _ = synthetic_defects(product_photos, 6, seed=5, kinds=(kind,))
+    other, other_masks, _ = synthetic_defects(product_photos, 6, seed=6, kinds=(kind,))
+    assert torch.equal(images, again) and torch.equal(masks, again_masks) and kinds == [kind] * 6
+    assert not (torch.equal(images, other) and torch.equal(masks, other_masks))
+    sources = product_photos.repeat(2, 1, 1, 1)
+    for image, mask, source in zip(images, masks, sources, strict=True):
+        changed = (image.int() - source.int()).abs().amax(dim=0) > 0
+        assert mask.any()
+        assert torch.equal(image[:, ~mask], source[:, ~mask])  # unchanged where the mask is 0
+        # the mask is where the image changed: most of its pixels did (a swap of two similar
+        # regions or a band copied over a similar one leaves the odd pixel as it was)
+        assert changed[mask].float().mean() > 0.5, kind
+        assert 0.002 < mask.float().mean() < 0.35, kind
+
+
+def test_recolour_changes_the_colour_of_one_coherent_area(product_photos):
+    images, masks, _ = synthetic_defects(product_photos, 3, seed=0, kinds=("recolour",))
+    for image, mask, source in zip(images, masks, product_photos, strict=True):
+        before = source.permute(1, 2, 0)[mask].float()
+        after = image.permute(1, 2, 0)[mask].float()
+        assert (after.mean(0) - before.mean(0)).abs().sum() > 100  # another colour
+        # its texture is kept: the spread about the mean changes little (clipping aside)
+        assert (after - after.mean(0)).std() < (before - before.mean(0)).std() + 5
+        from scipy import ndimage
+
+        assert ndimage.label(mask.numpy())[1] <= 3  # one coherent area, not scattered pixels
+
+
+def test_fill_level_moves_a_horizontal_boundary(product_photos):
+    _, masks, _ = synthetic_defects(product_photos, 6, seed=1, kinds=("fill_level",))
+    for mask in masks:
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        # a band of whole rows across the boundary's width: a rectangle
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert int(mask.sum()) == height * width and width > height
+
+
+# ----------------------------------------------------------------------------- families
+def _family_maps() -> SelectionMaps:
+    """Structural defects only the local map sees, logical ones only the global map sees."""
+    g = torch.Generator().manual_seed(0)
+    structural, logical = ["cutpaste", "perlin", "scratch"], ["swap", "recolour", "fill_level"]
+    kinds = (structural + logical) * 2
+    masks = torch.zeros(len(kinds), 32, 32, dtype=torch.bool)
+    for i in range(len(kinds)):
+        masks[i, 4 * (i % 6) : 4 * (i % 6) + 8, 2 * i : 2 * i + 8] = True
+    is_logical = torch.tensor([k in logical for k in kinds])[:, None, None]
+
+    def noise(n: int) -> torch.Tensor:
+        return torch.rand(n, 32, 32, generator=g)
+
+    return SelectionMaps(
+        good_local=noise(6),
+        good_global=noise(6),
+        defect_local=noise(len(kinds)) + 0.8 * (masks & ~is_logical),
+        defect_global=noise(len(kinds)) + 0.4 * (masks & is_logical),
+        masks=masks,
+        kinds=kinds,
+    )
+
+
+def test_a_weight_the_structural_family_alone_would_pick_is_not_chosen_if_logic_needs_global():
+    from ulsad.selection import family_regret
+
+    maps = _family_maps()
+    table = fusion_table(maps, (0.9, 0.995))
+    families = table[1.0]["families"]
+    assert set(families) == {"structural", "logical"}
+    structural = {w: {"score": row["families"]["structural"]["score"]} for w, row in table.items()}
+    assert best_weight(structural) == 1.0  # the structural family alone: the local map only
+    chosen = best_weight(table)
+    assert chosen < 1.0  # the logical family keeps a weight on the global map
+    assert family_regret(table, chosen) < family_regret(table, 1.0)
+    # The overall score is the mean of the two families', whatever their numbers of kinds.
+    for row in table.values():
+        mean = np.mean([f["score"] for f in row["families"].values()])
+        assert row["score"] == pytest.approx(mean)
+    # One family only: the highest score, as before.
+    only = {w: {"score": s} for w, s in ((0.5, 0.8), (1.0, 0.9))}
+    assert best_weight(only) == 1.0
+
+
+def test_the_global_branch_is_not_pruned_while_it_helps_the_logical_family():
+    model = ULSAD.from_preset("lite", pretrained_backbone=False)
+    table = fusion_table(_family_maps(), (0.9, 0.995))
+    point = EpochChoice().consider(model, 2, table)
+    assert point["logical_gain"] > 0.05
+    assert not global_map_adds_nothing(point)
+    # Even a point whose overall choice is the local map alone keeps training the global branch
+    # while the logical family gains from it; without that gain it is pruned, as before.
+    assert not global_map_adds_nothing({**point, "local_weight": 1.0})
+    assert global_map_adds_nothing({**point, "local_weight": 1.0, "logical_gain": 0.0})
+    recipe = TrainingRecipe(synthetic_defects=8, prune_global=True)
+    history = [{"epoch": 2, "synthetic": {**point, "local_weight": 1.0}}]
+    assert pruned_after(recipe, model, history) is None

@@ -17,6 +17,7 @@ from ulsad.checkpoint import CARD_NAME, CONFIG_NAME, TRAINING_NAME
 from ulsad.errors import ULSADError
 from ulsad.files import write_text_atomic
 from ulsad.locate import is_hub_repo_id
+from ulsad.selection.scoring import family_regret
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,27 @@ def _validation_lines(training: dict[str, Any]) -> list[str]:
             for m in ("image_auroc", "pixel_auroc", "aupro", "score")
         )
         lines.append(f"| {name} | {values} |")
+    return [*lines, "", *_family_lines(chosen["fusion_table"], weight)]
+
+
+def _family_lines(table: dict[str, Any], weight: Any) -> list[str]:
+    """The per-family table behind the fusion weight (`ulsad.selection.best_weight`)."""
+    families = sorted(next(iter(table.values()), {}).get("families", {}))
+    if len(families) < 2:
+        return []
+    by_weight = {float(k): row for k, row in table.items()}
+    lines = [
+        "Per family of synthetic defects (score: the mean of image AUROC, pixel AUROC and "
+        "AUPRO). The weight chosen is the one whose worse family stays closest to its own best "
+        "(the least regret), so neither family chooses alone:",
+        "",
+        f"| local weight | {' | '.join(families)} | regret |",
+        "|---|" + "---|" * (len(families) + 1),
+    ]
+    for key, row in table.items():
+        name = f"**{key} (chosen)**" if float(key) == weight else key
+        scores = " | ".join(f"{row['families'][f]['score']:.4f}" for f in families)
+        lines.append(f"| {name} | {scores} | {family_regret(by_weight, float(key)):.4f} |")
     return [*lines, ""]
 
 

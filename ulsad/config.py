@@ -46,6 +46,15 @@ class ULSADConfig:
     # each resized to image_size, instead of one distorting square resize; maps are stitched
     # back, an image's score is its highest tile's (`ulsad.images.tile_boxes`).
     tile: bool = False
+    # With `tile`: the global branch reads the whole image (one square resize) while the local
+    # branch reads the tiles, so the global autoencoder models the whole layout through its
+    # bottleneck, not half a bottle at a time. Its map is cut to each tile's region
+    # (`ulsad.images.crop_regions`) and fused there with the tile's local map. The whole image's
+    # own pipeline trains the global branch: its attention loss pairs the global output for the
+    # whole image with the whole image's features (cached once, like the tiles'), its
+    # global-local loss with the FeatAE's second half on those features; tiles train the local
+    # loss alone (`ulsad.feature_cache.load_inputs`). No effect on an image that is not tiled.
+    global_whole_image: bool = False
     channels: int = 384
     # Average each backbone map (stride 8, stride 16) over k x k neighbourhoods before fusing
     # (1: off, the paper). One int sets both (as checkpoints before per-map sizes wrote it).

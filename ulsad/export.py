@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ulsad.errors import ULSADError
 from ulsad.files import atomic_path
 from ulsad.hub import load_pretrained
-from ulsad.inference import predict, predict_batches
+from ulsad.inference import predict, predict_batches, whole_global_settings
 from ulsad.model import AnomalyMaps, ULSADModel
 
 __all__ = [
@@ -185,6 +185,7 @@ class OnnxPredictor:
             threshold=threshold,
             batch_size=batch_size,
             tile=self.tile,
+            whole_global=whole_global_settings(self.config),
         )
 
 

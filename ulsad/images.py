@@ -20,9 +20,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "Box",
+    "crop_regions",
     "find_images",
     "is_image",
     "load_image",
+    "region_fractions",
     "tile_boxes",
     "to_tensor",
     "to_tiles",
@@ -205,6 +207,35 @@ def to_tiles(image: Image.Image, size: int, tile: bool) -> tuple[Tensor, list[Bo
     if len(boxes) == 1:
         return to_tensor(image, size)[None], boxes
     return torch.stack([to_tensor(image.crop(box), size) for box in boxes]), boxes
+
+
+def region_fractions(boxes: list[Box], width: int, height: int) -> Tensor:
+    """(T, 4) float boxes (left, top, right, bottom) as fractions of the image's width and height:
+    where each tile lies in the whole image's square resize."""
+    return torch.tensor(
+        [(x0 / width, y0 / height, x1 / width, y1 / height) for x0, y0, x1, y1 in boxes],
+        dtype=torch.float32,
+    )
+
+
+def crop_regions(maps: Tensor, regions: Tensor) -> Tensor:
+    """The part of each (N, H, W) map inside its region ((N, 4) fractions, `region_fractions`),
+    resampled bilinearly to (H, W): a whole-image map cut to a tile. The whole region
+    (0, 0, 1, 1) returns the map unchanged (samples fall on pixel centres)."""
+    x0, y0, x1, y1 = regions.to(maps.device, maps.dtype).unbind(1)
+    zero = torch.zeros_like(x0)
+    theta = torch.stack(
+        [
+            torch.stack([x1 - x0, zero, x0 + x1 - 1], 1),
+            torch.stack([zero, y1 - y0, y0 + y1 - 1], 1),
+        ],
+        1,
+    )
+    grid = torch.nn.functional.affine_grid(theta, [len(maps), 1, *maps.shape[1:]], False)
+    out = torch.nn.functional.grid_sample(
+        maps.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.squeeze(1)
 
 
 def is_image(path: Path) -> bool:

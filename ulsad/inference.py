@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from ulsad.errors import ULSADError
-from ulsad.images import Box, load_image, to_tiles
+from ulsad.images import Box, crop_regions, load_image, region_fractions, to_tensor, to_tiles
 
 __all__ = [
     "ImageInput",
@@ -25,6 +25,8 @@ __all__ = [
     "predict",
     "predict_batches",
     "stitch",
+    "whole_global_settings",
+    "whole_image_global",
 ]
 
 if TYPE_CHECKING:
@@ -106,23 +108,40 @@ def iter_predictions(
     load: Callable[[Any], Image.Image | None] = load_image,
     resize: bool = True,
     tile: bool = False,
+    whole_global: tuple[float, int] | None = None,
+    whole_forward: Callable[[Tensor], AnomalyMaps] | None = None,
 ) -> Iterator[tuple[Any, Image.Image, Prediction]]:
     """(input, image, prediction) for each input, one batch at a time, so that any number of inputs
     fits in memory. `load` reads an input (None skips it: the loader reports why, e.g. an
     unreadable upload among many); `resize=False` leaves the maps at the model's scale (S x S, or
     S per tile side); `tile`: elongated images are scored as square tiles (`to_tiles`), their
-    maps stitched and their score the highest tile's."""
+    maps stitched and their score the highest tile's. `whole_global`: (local_weight, score
+    pixels) of a model whose global branch reads whole images (`global_whole_image`): a tiled
+    image's global map is then its whole image's, cut to each tile (`whole_image_global`), and
+    `whole_forward` (default: `forward`) computes it."""
     for start in range(0, len(items), batch_size):
         loaded = [(item, load(item)) for item in items[start : start + batch_size]]
         loaded = [(item, image) for item, image in loaded if image is not None]
         if not loaded:
             continue
         tiled = [to_tiles(image, image_size, tile) for _, image in loaded]
-        outputs = [forward(chunk) for chunk in torch.cat([t for t, _ in tiled]).split(batch_size)]
-        scores = torch.cat([out.score for out in outputs])
-        maps = torch.cat(
-            [torch.stack([out.anomaly_map, out.local_map, out.global_map], 1) for out in outputs]
-        )
+        inputs = torch.cat([t for t, _ in tiled])
+        if whole_global is None or whole_forward is None:
+            scores, maps = run_batches(forward, inputs, batch_size)
+        else:  # `forward` for tiles of tiled images, `whole_forward` for whole images
+            of_tiled = torch.tensor([len(boxes) > 1 for _, boxes in tiled for _ in boxes])
+            parts = [(chosen, run_batches(run, inputs[chosen], batch_size))
+                     for chosen, run in ((of_tiled, forward), (~of_tiled, whole_forward))
+                     if chosen.any()]  # fmt: skip
+            first_scores, first_maps = parts[0][1]
+            scores = first_scores.new_zeros(len(inputs))
+            maps = first_maps.new_zeros((len(inputs), *first_maps.shape[1:]))
+            for chosen, (part_scores, part_maps) in parts:
+                scores[chosen], maps[chosen] = part_scores, part_maps
+        if whole_global is not None:
+            images = [image for _, image in loaded]
+            scores, maps = whole_image_global(whole_forward or forward, images, tiled, scores,
+                                              maps, *whole_global, image_size, batch_size)  # fmt: skip
         first = 0
         for (item, image), (_, boxes) in zip(loaded, tiled, strict=True):
             size = (image.height, image.width)
@@ -157,6 +176,63 @@ def iter_predictions(
             first = last
 
 
+def run_batches(
+    forward: Callable[[Tensor], AnomalyMaps], inputs: Tensor, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """Scores (N,) and combined, local and global maps (N, 3, S, S) of inputs, a batch at a time."""
+    outputs = [forward(chunk) for chunk in inputs.split(batch_size)]
+    scores = torch.cat([out.score for out in outputs])
+    maps = torch.cat(
+        [torch.stack([out.anomaly_map, out.local_map, out.global_map], 1) for out in outputs]
+    )
+    return scores, maps
+
+
+def whole_image_global(
+    forward: Callable[[Tensor], AnomalyMaps], images: Sequence[Image.Image],
+    tiled: Sequence[tuple[Tensor, list[Box]]], scores: Tensor, maps: Tensor, local_weight: float,
+    score_pixels: int, image_size: int, batch_size: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Scores (T,) and maps (T, 3, S, S) of a batch's tiles, with the global map of each tiled
+    image replaced by its whole image's (one square resize through `forward`), cut to the tile's
+    region, and each tile's combined map and score fused again from it (`ULSADModel.combine`:
+    the same weight; the score is the mean of the `score_pixels` highest values)."""
+    counts = [len(boxes) for _, boxes in tiled]
+    whole = [i for i, n in enumerate(counts) if n > 1]
+    if not whole:
+        return scores, maps
+    inputs = torch.stack([to_tensor(images[i], image_size) for i in whole])
+    global_maps = torch.cat(
+        [forward(chunk).global_map.float() for chunk in inputs.split(batch_size)]
+    )
+    scores, maps = scores.clone(), maps.clone()
+    starts = np.cumsum([0, *counts])
+    for global_map, i in zip(global_maps, whole, strict=True):
+        boxes, tiles = tiled[i][1], slice(starts[i], starts[i + 1])
+        regions = region_fractions(boxes, images[i].width, images[i].height)
+        cut = crop_regions(global_map.expand(len(boxes), -1, -1), regions)
+        combined = local_weight * maps[tiles, 1] + (1 - local_weight) * cut
+        maps[tiles, 0], maps[tiles, 2] = combined, cut
+        flat = combined.flatten(1)
+        top = flat.amax(1) if score_pixels <= 1 else flat.topk(score_pixels, 1).values.mean(1)
+        scores[tiles] = top
+    return scores, maps
+
+
+def whole_global_settings(config: Any) -> tuple[float, int] | None:
+    """`iter_predictions`' `whole_global` for a model config (`ULSADConfig` or its dict):
+    (local_weight, score pixels) when its global branch reads whole images and its combined
+    map uses it, else None."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    weight = float(get("local_weight", 0.5) if get("local_weight", 0.5) is not None else 0.5)
+    if not (get("tile", False) and get("global_whole_image", False) and get("global_branch", True)):
+        return None
+    if weight >= 1.0:
+        return None
+    fraction, size = float(get("image_score_fraction", 0.0)), int(get("image_size", 256))
+    return weight, max(1, round(fraction * size * size))
+
+
 def predict_batches(
     forward: Callable[[Tensor], AnomalyMaps],
     inputs: Any,
@@ -165,13 +241,15 @@ def predict_batches(
     threshold: float | None,
     batch_size: int = 8,
     tile: bool = False,
+    whole_global: tuple[float, int] | None = None,
+    whole_forward: Callable[[Tensor], AnomalyMaps] | None = None,
 ) -> Prediction | list[Prediction]:
     """Score inputs with any batch function (PyTorch model, ONNX Runtime session) from (B, 3, S, S)
     images in [0, 1] to `AnomalyMaps`; all backends share loading, tiling, batching and resizing."""
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
     kwargs = {"image_size": image_size, "threshold": threshold, "batch_size": batch_size,
-              "tile": tile}  # fmt: skip
+              "tile": tile, "whole_global": whole_global, "whole_forward": whole_forward}  # fmt: skip
     results = [prediction for *_, prediction in iter_predictions(forward, items, **kwargs)]
     return results[0] if single else results
 
@@ -181,16 +259,23 @@ def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction |
     threshold = float(model.threshold)
     threshold = None if math.isnan(threshold) else threshold
 
+    whole_global = whole_global_settings(model.config)
+
     @torch.inference_mode()
     def forward(batch: Tensor) -> AnomalyMaps:
         return model(batch.to(model.device))
+
+    @torch.inference_mode()
+    def tile_forward(batch: Tensor) -> AnomalyMaps:  # the global map comes from whole images
+        return model(batch.to(model.device), with_global=False)
 
     was_training = model.training
     model.eval()
     try:
         return predict_batches(
-            forward, inputs, image_size=model.config.image_size, threshold=threshold,
-            batch_size=batch_size, tile=model.config.tile,
+            forward if whole_global is None else tile_forward, inputs,
+            image_size=model.config.image_size, threshold=threshold, batch_size=batch_size,
+            tile=model.config.tile, whole_global=whole_global, whole_forward=forward,
         )  # fmt: skip
     finally:
         model.train(was_training)

@@ -28,6 +28,7 @@ __all__ = [
     "feature_distance",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "masked_mean",
     "top_count",
     "top_mean",
 ]
@@ -39,6 +40,15 @@ def feature_distance(a: Tensor, b: Tensor, cosine_weight: float) -> Tensor:
     if cosine_weight:
         distance = distance + cosine_weight * (1 - F.cosine_similarity(a, b, dim=1))
     return distance
+
+
+def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of per-input values (B, ...); with `weights` (B,), of the inputs weighted by them
+    (zero without any weight)."""
+    if weights is None:
+        return values.mean()
+    per_input = values.flatten(1).mean(dim=1)
+    return (per_input * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def attention(queries: Tensor, features: Tensor) -> Tensor:
@@ -284,20 +294,31 @@ class ULSADModel(nn.Module):
         self_attention: Tensor | None = None,
         local_only: bool = False,
         query_index: Tensor | None = None,
+        masks: Tensor | None = None,
     ) -> Losses:
         """The three training losses; `self_attention` may be precomputed (it depends on features
         only). `local_only`: the local loss alone, without running the global branch.
-        `query_index`: the attention loss over these flat positions only (`attention_queries`)."""
+        `query_index`: the attention loss over these flat positions only (`attention_queries`).
+        `masks`: (B, 2) bool, whether each input counts in the local loss and in the global
+        ones (tiles and whole images, `ulsad.feature_cache.training_inputs`); None: all do. A
+        batch trains the global branch only if all its inputs do (`ulsad.train.epoch_batches`
+        draws such batches): the global autoencoder's BatchNorm never sees a tile."""
         cfg, c = self.config, self.config.channels
+        local_mask, global_mask = (None, None) if masks is None else masks.float().unbind(1)
+        if global_mask is not None and not global_mask.all():
+            local_only = True  # the global branch trains on batches of its own inputs only
         reconstruction, global_features = self.branches(features, normalized_images, not local_only)
         lambda_local = cfg.lambda_local if cfg.cosine_loss else 0.0
-        local = feature_distance(features, reconstruction[:, :c], lambda_local).mean()
+        local = masked_mean(
+            feature_distance(features, reconstruction[:, :c], lambda_local), local_mask
+        )
         zero = local.new_zeros(())
         attention_loss, global_local = zero, zero
         if global_features is not None:
-            global_local = feature_distance(
-                global_features, reconstruction[:, c:], cfg.lambda_global
-            ).mean()
+            global_local = masked_mean(
+                feature_distance(global_features, reconstruction[:, c:], cfg.lambda_global),
+                global_mask,
+            )
             if cfg.attention_loss:
                 queries = global_features
                 if self_attention is None:
@@ -306,9 +327,10 @@ class ULSADModel(nn.Module):
                     queries = queries.flatten(2)[:, :, query_index]
                     self_attention = self_attention.flatten(2)[:, :, query_index]
                 cross_attention = attention(queries, features)
-                attention_loss = feature_distance(
-                    self_attention, cross_attention, cfg.lambda_attention
-                ).mean()
+                attention_loss = masked_mean(
+                    feature_distance(self_attention, cross_attention, cfg.lambda_attention),
+                    global_mask,
+                )
         return Losses(local + attention_loss + global_local, local, attention_loss, global_local)
 
     def raw_maps(
@@ -342,19 +364,24 @@ class ULSADModel(nn.Module):
             normalized = normalized.contiguous(memory_format=torch.channels_last)
         return normalized
 
-    def unnormalized_maps(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    def unnormalized_maps(
+        self, images: Tensor, with_global: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """Blurred local and global maps at input size, before quantile normalisation (no global
-        map when the combined map does not use it: see `uses_global_map`)."""
+        map when the combined map does not use it, see `uses_global_map`, or `with_global` is
+        False)."""
         normalized = self.backbone_input(images)
         features = self.features(normalized)
-        local_map, global_map = self.raw_maps(features, normalized, self.uses_global_map)
+        use_global = self.uses_global_map and with_global
+        local_map, global_map = self.raw_maps(features, normalized, use_global)
         local_map = self.postprocess(local_map)
         return local_map, None if global_map is None else self.postprocess(global_map)
 
-    def forward(self, images: Tensor) -> AnomalyMaps:
+    def forward(self, images: Tensor, with_global: bool = True) -> AnomalyMaps:
         """(B, 3, S, S) images in [0, 1] -> score and combined, local and global maps (B, S, S);
-        the global map is zeros when the combined map does not use it."""
-        return self.combine(*self.unnormalized_maps(images))
+        the global map is zeros when the combined map does not use it. `with_global=False`:
+        the local half alone (tiles whose global map comes from their whole image)."""
+        return self.combine(*self.unnormalized_maps(images, with_global))
 
     @property
     def score_pixels(self) -> int:

@@ -78,6 +78,7 @@ PRESETS: dict[str, Preset] = {
             backbone="tf_efficientnet_lite0",
             image_size=320,
             tile=True,
+            global_whole_image=True,
             channels=96,
             featae_width=384,
             featae_output_relu=False,

@@ -34,11 +34,13 @@ from ulsad.devices import native_bfloat16, resolve_device
 from ulsad.errors import ULSADError
 from ulsad.feature_cache import (
     FeatureCache,
+    Inputs,
     augmented_copies,
     backbone_features,
     build_cache,
     channel_statistics,
-    load_images,
+    load_inputs,
+    training_inputs,
 )
 from ulsad.files import remove_stale_temporaries, write_text_atomic
 from ulsad.model import ULSADModel
@@ -135,15 +137,17 @@ def train_step(
     local_only: bool = False,
     query_index: torch.Tensor | None = None,
     precision: str = "auto",
+    masks: torch.Tensor | None = None,
 ) -> float:
     """One optimiser step on one batch (under bf16 autocast as `precision`, the recipe's
     `training_precision`, says); returns the batch's loss. `local_only`: the local loss alone
-    (the global branch pruned, see `ulsad.selection.pruned_after`)."""
+    (the global branch pruned, see `ulsad.selection.pruned_after`); `masks`: which losses each
+    input trains (`ULSADModel.losses`)."""
     device = features.device
     bf16 = precision == "bfloat16" or (precision == "auto" and native_bfloat16(device))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = model.losses(
-            features, normalized_images, self_attention, local_only, query_index
+            features, normalized_images, self_attention, local_only, query_index, masks
         ).total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,15 +167,25 @@ def query_index(
     return torch.randperm(positions, generator=generator)[: recipe.attention_queries].to(device)
 
 
-def epoch_batches(n_train: int, recipe: TrainingRecipe, epoch: int) -> list[torch.Tensor]:
+def epoch_batches(
+    n_train: int, recipe: TrainingRecipe, epoch: int, pools: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """Cache indices of one epoch's batches: a seeded shuffle, one version of each image (the
-    original or an augmented copy), no batch of one (BatchNorm needs two samples)."""
+    original or an augmented copy), no batch of one (BatchNorm needs two samples). `pools`:
+    (n_train,) bool, whether each input trains the global branch (`training_inputs`); batches
+    are then drawn within each pool and shuffled together, so that the global autoencoder (and
+    its BatchNorm statistics) only ever reads whole images, never a tile."""
     generator = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
     order = torch.randperm(n_train, generator=generator)
     if recipe.augment_copies:
         order += n_train * torch.randint(0, recipe.augment_copies + 1, (n_train,),
                                          generator=generator)  # fmt: skip
-    return [b for b in order.split(recipe.batch_size) if len(b) > 1]
+    if pools is None or pools.all() or not pools.any():
+        return [b for b in order.split(recipe.batch_size) if len(b) > 1]
+    in_pool = pools[order % n_train]
+    batches = [b for members in (order[in_pool], order[~in_pool])
+               for b in members.split(recipe.batch_size) if len(b) > 1]  # fmt: skip
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 @dataclass
@@ -188,14 +202,19 @@ class TrainingSets:
 def prepare_sets(
     model: ULSADModel,
     recipe: TrainingRecipe,
-    train_images: torch.Tensor,
-    val_images: torch.Tensor,
+    train_images: torch.Tensor | Inputs,
+    val_images: torch.Tensor | Inputs,
     device: torch.device,
     progress: bool,
     fit_statistics: bool = True,
 ) -> TrainingSets:
-    """Augment, extract and cache uint8 inputs (`load_images`); with `fit_statistics`, first set
-    the model's feature statistics from the real training inputs (a resumed run keeps its own)."""
+    """Augment, extract and cache uint8 inputs (`load_inputs`: tiles, and with
+    `global_whole_image` the whole images of tiled ones, see `training_inputs`); with
+    `fit_statistics`, first set the model's feature statistics from the real training inputs
+    (a resumed run keeps its own)."""
+    train_inputs = train_images if isinstance(train_images, Inputs) else Inputs(train_images)
+    val_inputs = val_images if isinstance(val_images, Inputs) else Inputs(val_images)
+    train_images, loss_masks = training_inputs(train_inputs)
     batch_size, n_train = recipe.batch_size, len(train_images)
     if recipe.augment_copies:
         train_images = torch.cat(
@@ -207,9 +226,10 @@ def prepare_sets(
         model.feature_mean.copy_(mean)
         model.feature_std.copy_(std)
     train_cache = build_cache(model, train_images, device, batch_size, progress, raw=raw)
+    train_cache.loss_masks = loss_masks
     del raw
-    synthetic = make_defect_set(model, val_images, recipe, device, progress)
-    heldout = build_cache(model, val_images, device, batch_size, progress)
+    synthetic = make_defect_set(model, val_inputs, recipe, device, progress)
+    heldout = build_cache(model, val_inputs.tiles, device, batch_size, progress, inputs=val_inputs)
     return TrainingSets(train_cache, heldout, synthetic, n_train)
 
 
@@ -217,15 +237,21 @@ def run_epoch(model: ULSADModel, recipe: TrainingRecipe, optimizer, sets: Traini
               epoch: int, device: torch.device, local_only: bool = False) -> float:  # fmt: skip
     """One epoch of optimiser steps; returns the mean training loss."""
     model.train()
-    batches = epoch_batches(sets.n_train, recipe, epoch)
+    pools = None if sets.train.loss_masks is None else sets.train.loss_masks[:, 1]
+    batches = epoch_batches(sets.n_train, recipe, epoch, pools)
     positions = sets.train.features[0, 0].numel()
-    total = 0.0
+    total, count = 0.0, 0
     for step, index in enumerate(batches):
+        masks = sets.train.masks(index, device)
+        if masks is not None and local_only and not masks[:, 0].any():
+            continue  # whole images of tiled ones train the global branch alone, now pruned
         batch = sets.train.batch(model, index, device)
-        queries = None if local_only else query_index(recipe, epoch, step, positions, device)
-        loss = train_step(model, optimizer, *batch, local_only, queries, recipe.training_precision)
-        total += loss * len(index)
-    return total / sum(len(b) for b in batches)
+        batch_local_only = local_only or (masks is not None and not masks[:, 1].any())
+        queries = None if batch_local_only else query_index(recipe, epoch, step, positions, device)
+        loss = train_step(model, optimizer, *batch, batch_local_only, queries,
+                          recipe.training_precision, masks)  # fmt: skip
+        total, count = total + loss * len(index), count + len(index)
+    return total / max(count, 1)
 
 
 def train(
@@ -263,9 +289,13 @@ def train(
     train_items, val_items = training_data(images, heldout, recipe)
     started = time.perf_counter()
     size = cfg.image_size
-    train_images = load_images(train_items, size, progress, "loading training images", cfg.tile)
-    val_images = load_images(val_items, size, progress, "loading held-out images", cfg.tile)
-    epochs = recipe.training_epochs(len(train_images))  # steps count inputs: tiles, if tiled
+    whole = cfg.global_whole_image and cfg.global_branch
+    train_images = load_inputs(train_items, size, progress, "loading training images", cfg.tile,
+                               whole)  # fmt: skip
+    val_images = load_inputs(val_items, size, progress, "loading held-out images", cfg.tile, whole)
+    # steps count inputs: tiles if tiled, and the whole images the global branch reads
+    epochs = recipe.training_epochs(len(training_inputs(train_images)[0]))
+    n_tiles = len(train_images.tiles)
     key = run_key(model, recipe, epochs, train_items, val_items)
     optimizer, scheduler = make_optimizer(model, recipe, epochs)
     start_epoch, history, choice = 0, [], EpochChoice()
@@ -314,7 +344,8 @@ def train(
             "epochs": epochs,
             "n_train": len(train_items),
             "n_heldout": len(val_items),
-            "n_train_tiles": sets.n_train,  # inputs trained on: n_train unless tiled
+            "n_train_tiles": n_tiles,  # tiles trained on: n_train unless tiled
+            "n_train_inputs": sets.n_train,  # and the whole images of tiled ones, if any
             "heldout_scores": scores,
             "threshold": float(model.threshold),
             "threshold_f1": float(model.threshold_f1),
@@ -338,7 +369,16 @@ def evaluate_loss(
     once the global branch is pruned, as in training)."""
     model.eval()
     total = 0.0
+    whole = None if local_only or model.global_ae is None else cache.whole
     for index in torch.arange(len(cache.images)).split(batch_size):
         batch = cache.batch(model, index, model.device)
-        total += model.losses(*batch, local_only=local_only).total.item() * len(index)
-    return total / len(cache.images)
+        losses = model.losses(*batch, local_only=local_only or whole is not None)
+        total += losses.total.item() * len(index)
+    mean = total / len(cache.images)
+    if whole is not None:  # tiles trained the local loss, whole images the global ones
+        total = 0.0
+        for index in torch.arange(len(whole.cache.images)).split(batch_size):
+            losses = model.losses(*whole.cache.batch(model, index, model.device))
+            total += (losses.attention + losses.global_local).item() * len(index)
+        mean += total / len(whole.cache.images)
+    return mean

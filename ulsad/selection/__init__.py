@@ -22,16 +22,20 @@ from ulsad.selection.choice import (
 )
 from ulsad.selection.defects import KINDS, LOGICAL_KINDS, STRUCTURAL_KINDS, synthetic_defects
 from ulsad.selection.scoring import (
+    FAMILIES,
     FUSION_WEIGHTS,
     SelectionMaps,
     best_weight,
     defect_metrics,
     f1_threshold,
+    family_of,
+    family_regret,
     fusion_table,
     map_quantiles,
 )
 
 __all__ = [
+    "FAMILIES",
     "FUSION_WEIGHTS",
     "KINDS",
     "LOGICAL_KINDS",
@@ -45,6 +49,8 @@ __all__ = [
     "calibrate",
     "defect_metrics",
     "f1_threshold",
+    "family_of",
+    "family_regret",
     "fusion_table",
     "global_map_adds_nothing",
     "make_defect_set",

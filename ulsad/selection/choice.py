@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ulsad.feature_cache import FeatureCache, build_cache, cache_maps
+from ulsad.feature_cache import FeatureCache, Inputs, build_cache, cache_maps
 from ulsad.model import ULSADModel
 from ulsad.recipe import TrainingRecipe
 from ulsad.selection.defects import part_scenes, synthetic_defects
@@ -37,6 +37,7 @@ __all__ = [
     "calibrate",
     "global_map_adds_nothing",
     "make_defect_set",
+    "paste_into_wholes",
     "pruned_after",
     "selection_epochs",
     "selection_record",
@@ -77,19 +78,44 @@ class DefectSet:
         return fusion_table(maps, model.config.quantiles, weights, model.image_score)
 
 
+def paste_into_wholes(defects: torch.Tensor, masks: torch.Tensor, heldout: Inputs) -> Inputs:
+    """The whole images of synthetic defects made on held-out tiles (`synthetic_defects` cycles
+    over them: defect i is on tile i mod N): each defect's tile resized into its region of its
+    whole image, where its mask is (elsewhere the whole image is unchanged)."""
+    assert heldout.wholes is not None and heldout.source is not None
+    assert heldout.regions is not None
+    size = defects.shape[-1]
+    tiles = torch.arange(len(defects)) % len(heldout.tiles)
+    wholes = heldout.wholes[heldout.source[tiles]].clone()
+    for whole, defect, mask, tile in zip(wholes, defects, masks, tiles.tolist(), strict=True):
+        x0, y0, x1, y1 = (round(float(v) * size) for v in heldout.regions[tile])
+        box = (max(1, y1 - y0), max(1, x1 - x0))
+        pasted = torch.nn.functional.interpolate(defect[None].float(), size=box, mode="bilinear",
+                                                 antialias=True, align_corners=False)  # fmt: skip
+        where = torch.nn.functional.interpolate(mask[None, None].float(), size=box, mode="nearest")
+        region = whole[:, y0 : y0 + box[0], x0 : x0 + box[1]]
+        region.copy_(torch.where(where[0] > 0, pasted[0].round().clamp(0, 255), region.float()))
+    return Inputs(defects, wholes, torch.arange(len(defects)), heldout.regions[tiles])
+
+
 def make_defect_set(
     model: ULSADModel,
-    heldout_images: torch.Tensor,
+    heldout: torch.Tensor | Inputs,
     recipe: TrainingRecipe,
     device: torch.device,
     progress: bool,
 ) -> DefectSet | None:
-    """The recipe's synthetic defects on the held-out uint8 inputs, cached; None without any."""
+    """The recipe's synthetic defects on the held-out uint8 inputs, cached (with their whole
+    images, `paste_into_wholes`, when the global branch reads whole images); None without any."""
     if not recipe.synthetic_defects:
         return None
-    defects, masks, kinds = synthetic_defects(heldout_images, recipe.synthetic_defects, recipe.seed)
-    cache = build_cache(model, defects, device, recipe.batch_size, progress)
-    return DefectSet(cache, masks, kinds, part_scenes(heldout_images))
+    heldout = heldout if isinstance(heldout, Inputs) else Inputs(heldout)
+    defects, masks, kinds = synthetic_defects(heldout.tiles, recipe.synthetic_defects, recipe.seed)
+    inputs = (
+        Inputs(defects) if heldout.wholes is None else paste_into_wholes(defects, masks, heldout)
+    )
+    cache = build_cache(model, defects, device, recipe.batch_size, progress, inputs=inputs)
+    return DefectSet(cache, masks, kinds, part_scenes(heldout.tiles))
 
 
 def selection_epochs(recipe: TrainingRecipe, epochs: int) -> set[int]:
@@ -126,6 +152,9 @@ class EpochChoice:
         else:
             self.state["top"] = top
         local_only = {"local_only_score": table[1.0]["score"]} if 1.0 in table else {}
+        if 1.0 in table and "logical" in table[1.0].get("families", {}):
+            logical = [row["families"]["logical"]["score"] for row in table.values()]
+            local_only["logical_gain"] = max(logical) - table[1.0]["families"]["logical"]["score"]
         return {"local_weight": weight, **table[weight], **local_only}
 
     def apply(self, model: ULSADModel) -> None:
@@ -137,7 +166,11 @@ class EpochChoice:
 
 def global_map_adds_nothing(point: dict) -> bool:
     """Whether a selection point's fusion (`EpochChoice.consider`'s record) gave the global map
-    no weight, or a best score within `PRUNE_TOLERANCE` (a tie) of the local map alone's."""
+    no weight, or a best score within `PRUNE_TOLERANCE` (a tie) of the local map alone's, and
+    the global map adds no more than that on the logical family either (`logical_gain`: its
+    best score over the local map alone's), the defects it exists for."""
+    if point.get("logical_gain", 0.0) >= PRUNE_TOLERANCE:
+        return False
     if point["local_weight"] == 1.0:
         return True
     return point["score"] - point.get("local_only_score", -math.inf) < PRUNE_TOLERANCE
@@ -163,6 +196,8 @@ def selection_record(
     history: list[dict],
 ) -> dict:
     """What selection chose and why, for `training.json` (its `synthetic_validation` entry)."""
+    table = json.loads(choice.state["table"])
+    families = sorted(next(iter(table.values())).get("families", {}))
     return {
         "defects": recipe.synthetic_defects,
         "kinds": sorted(set(defects.kinds)),
@@ -172,7 +207,12 @@ def selection_record(
         "chosen_epoch": choice.state["epoch"],
         "local_weight": choice.state["local_weight"],
         "global_pruned_after": pruned_after(recipe, model, history),
-        "fusion_table": json.loads(choice.state["table"]),
+        "fusion_table": table,
+        "rule": "minimax family regret" if families else "best score",
+        # per family (structural, logical), the score of each candidate weight
+        "family_scores": {
+            f: {str(w): row["families"][f]["score"] for w, row in table.items()} for f in families
+        },
     }
 
 

@@ -14,7 +14,17 @@ Structural kinds:
 Logical kinds (about the arrangement, not the texture):
 - ``missing``: a region of the object replaced by the background colour;
 - ``duplicate``: a part of the object copied to another place;
-- ``moved``: a part of the object moved (its old place becomes background).
+- ``moved``: a part of the object moved (its old place becomes background);
+- ``swap``: two salient regions of the same size exchanged (a label on the wrong side);
+- ``recolour``: a coherent area (connected, of one colour) given another colour, its texture
+  kept (wrong contents, a label of the wrong colour);
+- ``erase``: a salient region replaced by the neighbouring band of the image, so it vanishes
+  into its surrounding texture instead of leaving a hole (a missing label or part);
+- ``fill_level``: the strongest horizontal boundary (a fill level, a lid's edge) moved up or
+  down, the band between its old and new place filled from the side that grows.
+
+The first three cut regions on photos; the last four keep every edge plausible (the local
+branch sees little), so on a product photo they are what only the global branch can find.
 
 In a scene of separate parts on a plain ground (`parts`), the logical kinds take whole parts:
 a part vanishes into the ground, or is copied or (one of two or more) moved onto free ground.
@@ -46,7 +56,7 @@ __all__ = [
 ]
 
 STRUCTURAL_KINDS = ("cutpaste", "perlin", "scratch")
-LOGICAL_KINDS = ("missing", "duplicate", "moved")
+LOGICAL_KINDS = ("missing", "duplicate", "moved", "swap", "recolour", "erase", "fill_level")
 KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
 GROUND_DISTANCE = 30.0
 """Summed RGB difference from the background colour beyond which a pixel is not ground."""
@@ -284,6 +294,132 @@ def _moved(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np
     return _paste(image, patch, rng) | old
 
 
+def _salient_box(
+    image: np.ndarray, rng: np.random.Generator, area: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """A box (top, left, height, width) centred on a pixel unlike the background."""
+    return _box(image.shape[0], rng, area, _foreground_point(image, rng))
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _object_share(image: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """The fraction of a box's pixels that are not background (`GROUND_DISTANCE`)."""
+    top, left, h, w = box
+    distance = np.abs(image[top : top + h, left : left + w] - _background_colour(image)).sum(-1)
+    return float((distance > GROUND_DISTANCE).mean())
+
+
+def _box_mask(size: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    for top, left, h, w in boxes:
+        mask[top : top + h, left : left + w] = True
+    return mask
+
+
+def _swap(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    first = top, left, h, w = _salient_box(image, rng, (0.02, 0.06))
+    patch = image[top : top + h, left : left + w]
+    best, best_difference = None, -1.0  # the partner of most different content, for a change
+    for attempt in range(32):
+        y, x = _foreground_point(image, rng) if attempt < 16 else (
+            int(rng.integers(size)), int(rng.integers(size)))  # fmt: skip
+        second = (
+            int(np.clip(y - h // 2, 0, size - h)),
+            int(np.clip(x - w // 2, 0, size - w)),
+            h,
+            w,
+        )
+        if _overlap(first, second):
+            continue
+        partner = image[second[0] : second[0] + h, second[1] : second[1] + w]
+        # of the object, not the ground: weighted by how much of it is not background
+        difference = float(np.abs(partner - patch).mean()) * _object_share(image, second)
+        if difference > best_difference:
+            best, best_difference = second, difference
+    if best is None:  # two opposite corners never overlap (h, w <= size / 2)
+        first, best = (0, 0, h, w), (size - h, size - w, h, w)
+    (t1, l1, _, _), (t2, l2, _, _) = first, best
+    a = image[t1 : t1 + h, l1 : l1 + w].copy()
+    image[t1 : t1 + h, l1 : l1 + w] = image[t2 : t2 + h, l2 : l2 + w]
+    image[t2 : t2 + h, l2 : l2 + w] = a
+    return _box_mask(size, first, best)
+
+
+def _recolour(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    y, x = _foreground_point(image, rng)
+    top, left, h, w = _box(size, rng, (0.04, 0.12), centre=(y, x))
+    region = image[top : top + h, left : left + w]
+    cy, cx = y - top, x - left
+    seed = np.median(region[max(0, cy - 2) : cy + 3, max(0, cx - 2) : cx + 3].reshape(-1, 3), 0)
+    distance = np.abs(region - seed).sum(axis=-1)
+    similar = distance <= max(45.0, float(np.quantile(distance, 0.3)))
+    labels, _ = ndimage.label(similar)
+    local = labels == labels[cy, cx] if labels[cy, cx] else similar
+    local = ndimage.binary_closing(local, iterations=2) & (local | similar)
+    if local.mean() < 0.15:  # no coherent area: an ellipse of the box
+        local = _ellipse_mask(size, (top, left, h, w))[top : top + h, left : left + w]
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top : top + h, left : left + w] = local
+    pixels = image[mask]
+    mean = pixels.mean(axis=0)
+    for _ in range(16):  # a colour clearly unlike the area's own
+        target = rng.uniform(0, 255, size=3)
+        if np.abs(target - mean).sum() > 150:
+            break
+    image[mask] = np.clip(target + (pixels - mean), 0, 255)
+    return mask
+
+
+def _erase(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    best, best_difference = None, -1.0  # the region that differs most from its neighbourhood
+    for _ in range(8):
+        box = top, left, h, w = _salient_box(image, rng, (0.02, 0.08))
+        sources = [(top - h, left), (top + h, left), (top, left - w), (top, left + w)]
+        sources = [(t, lf) for t, lf in sources if 0 <= t <= size - h and 0 <= lf <= size - w]
+        if not sources:
+            continue
+        for t, lf in sources:  # the object's texture around it, unlike the region itself
+            difference = float(np.abs(image[t : t + h, lf : lf + w]
+                                      - image[top : top + h, left : left + w]).mean())  # fmt: skip
+            difference *= _object_share(image, (t, lf, h, w)) ** 2
+            if difference > best_difference:
+                best, best_difference = (box, (t, lf)), difference
+    if best is None:  # boxes are at most half the image: a neighbour always fits
+        return _scratch(image, other, rng)
+    (top, left, h, w), (t, lf) = best
+    image[top : top + h, left : left + w] = image[t : t + h, lf : lf + w].copy()
+    return _box_mask(size, (top, left, h, w))
+
+
+def _fill_level(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = image.shape[0]
+    edges = np.abs(np.diff(image.mean(axis=-1), axis=0))  # (S-1, S): between rows r and r+1
+    low, high = int(0.15 * size), int(0.85 * size)
+    strength = edges[low:high].mean(axis=1)
+    candidates = low + np.argsort(strength)[-5:]
+    row = int(candidates[rng.integers(len(candidates))]) + 1  # the first row below the boundary
+    strong = np.nonzero(edges[row - 1] > 0.5 * edges[row - 1].max())[0]
+    left, right = (int(strong.min()), int(strong.max()) + 1) if len(strong) else (0, size)
+    if right - left < size // 8:
+        left, right = size // 4, 3 * size // 4
+    shift = max(2, int(rng.uniform(0.04, 0.12) * size))
+    if rng.random() < 0.5:  # the boundary moves down: the band above it grows
+        shift = min(shift, size - row, row)
+        band = image[row - shift : row, left:right].copy()
+        image[row : row + shift, left:right] = band
+        return _box_mask(size, (row, left, shift, right - left))
+    shift = min(shift, row, size - row)  # the boundary moves up: the band below it grows
+    band = image[row : row + shift, left:right].copy()
+    image[row - shift : row, left:right] = band
+    return _box_mask(size, (row - shift, left, shift, right - left))
+
+
 _MAKERS = {
     "cutpaste": _cutpaste,
     "perlin": _perlin,
@@ -291,6 +427,10 @@ _MAKERS = {
     "missing": _missing,
     "duplicate": _duplicate,
     "moved": _moved,
+    "swap": _swap,
+    "recolour": _recolour,
+    "erase": _erase,
+    "fill_level": _fill_level,
 }
 
 

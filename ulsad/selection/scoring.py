@@ -17,16 +17,23 @@ import torch
 from torch import Tensor
 
 from ulsad.metrics import PixelMetrics, image_auroc
+from ulsad.selection.defects import LOGICAL_KINDS
 
 __all__ = [
+    "FAMILIES",
     "FUSION_WEIGHTS",
     "SelectionMaps",
     "best_weight",
     "defect_metrics",
     "f1_threshold",
+    "family_of",
+    "family_regret",
     "fusion_table",
     "map_quantiles",
 ]
+
+FAMILIES = ("structural", "logical")
+"""The two families of synthetic defects (`ulsad.selection.defects`), scored separately."""
 
 FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Candidate weights of the local map (1: local only); coarse, so one small set cannot overfit it."""
@@ -77,20 +84,27 @@ def defect_metrics(
     return {**row, "score": float(np.mean(list(row.values())))}
 
 
+def family_of(kind: str) -> str:
+    """The family of a defect kind: "logical" (`LOGICAL_KINDS`), else "structural"."""
+    return "logical" if kind in LOGICAL_KINDS else "structural"
+
+
 def fusion_table(
     maps: SelectionMaps,
     quantiles: tuple[float, float],
     weights=FUSION_WEIGHTS,
     image_score: Callable[[Tensor], Tensor] = lambda maps: maps.amax(dim=(1, 2)),
-) -> dict[float, dict[str, float]]:
+) -> dict[float, dict]:
     """Synthetic-defect metrics of each fusion weight (`defect_metrics`: image AUROC, pixel AUROC,
-    AUPRO, `score`, what is maximised), each the mean over defect kinds of the held-out good
-    images against that kind's defects.
+    AUPRO, `score`), per family (`families`: each the mean over its kinds of the held-out good
+    images against that kind's defects) and overall (the mean of the families', so that the
+    family with more kinds does not count more).
 
     Per kind, because AUPRO averages over connected defect regions: pooled, the Perlin kind's
     masks, which split into many small islands (146 of 209 regions in one 64-defect set), made
     most of it, and a change that sharpened the maps scored higher while four of six kinds
-    scored lower."""
+    scored lower. Per family, because the weight is chosen by a rule that needs both
+    (`best_weight`)."""
     q_local = map_quantiles(maps.good_local, quantiles)
     local = [_normalise(maps.good_local, q_local), _normalise(maps.defect_local, q_local)]
     if maps.good_global is None or maps.defect_global is None:
@@ -99,21 +113,52 @@ def fusion_table(
         q_global = map_quantiles(maps.good_global, quantiles)
         glob = [_normalise(maps.good_global, q_global), _normalise(maps.defect_global, q_global)]
     kinds = maps.kinds or [""] * len(maps.defect_local)
-    groups = [
-        torch.tensor([i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))
-    ]  # a kind whose masks are all empty has no pixel metrics: left out
-    groups = [index for index in groups if maps.masks[index].any()] or groups
+    groups = {
+        kind: torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+        for kind in sorted(set(kinds))
+    }  # a kind whose masks are all empty has no pixel metrics: left out
+    groups = {k: index for k, index in groups.items() if maps.masks[index].any()} or groups
     table = {}
     for w in weights:
         good, defect = (w * lo + (1 - w) * gl for lo, gl in zip(local, glob, strict=True))
-        rows = [defect_metrics(good, defect[i], maps.masks[i], image_score) for i in groups]
-        table[float(w)] = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+        rows = {k: defect_metrics(good, defect[i], maps.masks[i], image_score)
+                for k, i in groups.items()}  # fmt: skip
+        families: dict[str, dict[str, float]] = {}
+        for family in sorted({family_of(k) for k in rows}):
+            members = [row for k, row in rows.items() if family_of(k) == family]
+            families[family] = {key: float(np.mean([r[key] for r in members]))
+                                for key in members[0]}  # fmt: skip
+        first = next(iter(families.values()))
+        table[float(w)] = {key: float(np.mean([f[key] for f in families.values()]))
+                           for key in first}  # fmt: skip
+        if len(families) > 1:
+            table[float(w)]["families"] = families
     return table
 
 
-def best_weight(table: dict[float, dict[str, float]], prior: float = 0.5) -> float:
-    """The weight with the highest score; ties go to the one closest to `prior` (the paper's)."""
-    return max(table, key=lambda w: (round(table[w]["score"], 6), -abs(w - prior)))
+def family_regret(table: dict[float, dict], weight: float) -> float:
+    """How far `weight` leaves its worse family below that family's own best weight: the
+    largest, over families, of (the family's best score) - (its score at `weight`)."""
+    families = table[weight].get("families", {})
+    return max(
+        (max(row["families"][f]["score"] for row in table.values()) - families[f]["score"]
+         for f in families),
+        default=0.0,
+    )  # fmt: skip
+
+
+def best_weight(table: dict[float, dict], prior: float = 0.5) -> float:
+    """The fusion weight that no family loses much by: with two families (`fusion_table`), the
+    weight of the least `family_regret` (minimax regret), ties to the higher score; with one,
+    the weight of the highest score. Ties then go to the one closest to `prior` (the paper's).
+
+    Why regret, not the mean or the minimum of the family scores: logical defects are harder,
+    so the logical family's scores sit lower; the minimum would let it decide alone, the mean
+    would let whichever family's scores spread more decide. Measured from each family's own
+    best, the rule keeps the structural family's choice unless the logical family loses more
+    by it than the structural one would lose by the alternative: neither wins alone."""
+    return max(table, key=lambda w: (-round(family_regret(table, w), 6),
+                                     round(table[w]["score"], 6), -abs(w - prior)))  # fmt: skip
 
 
 def f1_threshold(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
