@@ -21,7 +21,7 @@ from ulsad.app.figures import heatmap_figure, resize_map
 from ulsad.app.inputs import load_upload
 from ulsad.errors import ULSADError
 from ulsad.files import csv_cell, write_text_atomic
-from ulsad.inference import Prediction, iter_predictions
+from ulsad.inference import Prediction, iter_predictions, whole_global_settings
 from ulsad.visualize import colorize, display_range, overlay
 
 
@@ -151,15 +151,21 @@ def score_batch(
         notices.extend([notice] if notice else [])
         return image
 
+    whole_global = whole_global_settings(model.config)  # as `ulsad.inference.predict` scores
+
     @torch.inference_mode()
     def forward(batch: Tensor):
         return model(batch.to(model.device))
+
+    @torch.inference_mode()
+    def tile_forward(batch: Tensor):  # the global map comes from whole images
+        return model(batch.to(model.device), with_global=False)
 
     model.eval()
     rows: list[dict[str, Any]] = []
     heap: list[tuple[float, int, Image.Image, str]] = []  # min-heap of the worst overlays
     scored = iter_predictions(
-        forward,
+        forward if whole_global is None else tile_forward,
         images,
         image_size=model.config.image_size,
         threshold=threshold,
@@ -167,6 +173,8 @@ def score_batch(
         load=load,
         resize=False,  # the maps of the worst few are drawn small, below
         tile=model.config.tile,
+        whole_global=whole_global,
+        whole_forward=forward,
     )
     for (_, name), image, pred in scored:
         rows.append({"image": name, "score": pred.score, "anomalous": pred.is_anomalous})
