@@ -19,6 +19,7 @@ from ulsad.data import (
     load_split,
     make_layout_dataset,
     make_synthetic_dataset,
+    training_images,
 )
 from ulsad.errors import ULSADError
 
@@ -248,6 +249,16 @@ def _loco(cat: Path, with_config: bool = True) -> None:
             },
         ]
         (cat / "defects_config.json").write_text(json.dumps(config))
+
+
+def test_loco_without_a_validation_split_trains_on_its_training_images(tmp_path: Path) -> None:
+    """A copy that ships train/good only (no validation/): the validation split is empty and
+    training holds out part of the training images, as for MVTec AD."""
+    for i in range(3):
+        _image(tmp_path / "juice_bottle/train/good" / f"{i:03d}.png")
+    assert load_split("mvtec_loco", tmp_path, "juice_bottle", "validation") == []
+    train, heldout = training_images(tmp_path, "juice_bottle", "mvtec_loco")
+    assert len(train) == 3 and heldout == []
 
 
 def test_loco_groups_masks_and_saturation_thresholds(tmp_path: Path) -> None:

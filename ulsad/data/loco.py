@@ -19,6 +19,7 @@ threshold is relative and ``min(threshold, area)`` otherwise, in pixels of the f
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import numpy as np
 
 from ulsad.data.samples import Sample, list_images, read_mask_array, subfolders
 from ulsad.errors import ULSADError
+
+log = logging.getLogger(__name__)
 
 MVTEC_LOCO_CATEGORIES = (
     "breakfast_box",
@@ -83,6 +86,11 @@ def saturation_threshold(mask_path: Path, config: dict[int, tuple[float, bool]])
 def load(root: Path, category: str, split: str) -> list[Sample]:
     """Samples of ``split`` (train, validation or test) for ``root/category``."""
     cat_dir = root / category
+    if split == "validation" and not (cat_dir / split / "good").is_dir():
+        # A copy with its training images only: training holds out `val_fraction` of them
+        # instead, as for datasets without a validation split.
+        log.info("%s has no validation/good: no validation split", cat_dir)
+        return []
     if split in ("train", "validation"):
         return [Sample(p, 0, "good") for p in list_images(cat_dir / split / "good")]
     test_dirs = subfolders(cat_dir / "test")
