@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ulsad.card import CITATION
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -91,6 +93,7 @@ def test_readme_is_short_with_a_picture_and_a_citation():
                   "Patra", "Ben Taieb", "Revisiting Deep Feature Reconstruction"]:  # fmt: skip
         assert field in entry, field
     assert entry.count("{") == entry.count("}")
+    assert entry.strip() == CITATION, "one citation: ulsad.card.CITATION (the model cards use it)"
 
 
 def test_readme_keeps_the_two_commands():

@@ -27,16 +27,15 @@ PAPER_TITLE = (
     "Revisiting Deep Feature Reconstruction for Logical and Structural Industrial Anomaly Detection"
 )
 PAPER_URL = "https://arxiv.org/abs/2410.16255"
-CITATION = """@misc{patra2024ulsad,
-  title         = {Revisiting Deep Feature Reconstruction for Logical and Structural Industrial
-                   Anomaly Detection},
+CITATION = """@misc{patra2024revisiting,
+  title         = {Revisiting Deep Feature Reconstruction for Logical and Structural Industrial Anomaly Detection},
   author        = {Patra, Sukanya and Ben Taieb, Souhaib},
   year          = {2024},
   eprint        = {2410.16255},
   archivePrefix = {arXiv},
+  primaryClass  = {cs.CV},
   url           = {https://arxiv.org/abs/2410.16255}
 }"""
-CODE_URL = "https://github.com/ulsad-project/ulsad"
 # A figure of one example image beside its anomaly map, in the checkpoint folder (written by
 # `ulsad.hub.write_example_figure` from `examples/`); the card shows it only if it exists.
 EXAMPLE_FIGURE = "example.png"
@@ -152,7 +151,7 @@ def _body(directory: Path, metadata: dict[str, Any], repo_id: str | None) -> str
         "",
         f"# {title}",
         "",
-        f"{name}: an [ULSAD]({CODE_URL}) anomaly detector, `{config.get('preset')}` preset "
+        f"{name}: an [ULSAD]({PAPER_URL}) anomaly detector, `{config.get('preset')}` preset "
         f"(backbone `{config.get('backbone')}`, C={config.get('channels')}, FeatAE width "
         f"{config.get('featae_width')}, global AE width {config.get('global_width')}, "
         f"{config.get('image_size')} px), trained on good images only. The method: "
