@@ -107,7 +107,10 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     assert f"best F1 on the synthetic defects: {training['threshold_f1']:.4f}" in card
     assert "0 of the 1 held-out inputs are scenes of separate parts" in card
     rows = [line for line in card.splitlines() if line.startswith(("| 0", "| 1", "| **"))]
-    assert len(rows) == len(chosen["fusion_table"]) == 5
+    fusion_rows = [row for row in rows if row.count("|") == 6]  # weight and four metrics
+    assert len(fusion_rows) == len(chosen["fusion_table"]) == 5
+    families = next(iter(chosen["fusion_table"].values())).get("families", {})
+    assert len(rows) == 5 + (5 if len(families) == 2 else 0)  # and the per-family table, if any
 
 
 def test_card_says_when_the_fusion_weight_was_set_not_chosen(trained_checkpoint, tmp_path):
