@@ -31,15 +31,12 @@ N_IMAGES = 24  # how many test images to score when the dataset is there (half g
 SMOKE = False  # True: score a handful of images (also ULSAD_SMOKE=1)
 
 # %%
-import os
+from helpers import smoke_mode
 
-SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
+SMOKE = smoke_mode(SMOKE)  # or ULSAD_SMOKE=1 in the environment, as the tests run it
 
 import json
-import warnings
 from pathlib import Path
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
 import numpy as np
 from IPython.display import Image, Markdown, display

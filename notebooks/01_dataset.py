@@ -56,16 +56,13 @@ RESULTS_DIR = None  # the runner's output (run again to resume); None: runs/<DAT
 SMOKE = False  # True: a tiny synthetic run on the CPU (also ULSAD_SMOKE=1)
 
 # %%
-import os
+from helpers import smoke_mode
 
-SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
+SMOKE = smoke_mode(SMOKE)  # or ULSAD_SMOKE=1 in the environment, as the tests run it
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
 import torch
 from IPython.display import Markdown, display

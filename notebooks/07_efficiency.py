@@ -42,17 +42,15 @@ RUN_INFERENCE_BENCHMARK = True  # section 5: run benchmarks/inference.py (minute
 SMOKE = False
 
 # %%
-import os
+from helpers import smoke_mode
 
-SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"  # CI runs every notebook with ULSAD_SMOKE=1
+SMOKE = smoke_mode(SMOKE)  # or ULSAD_SMOKE=1 in the environment, as the tests run it
 
 import json
+import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # text progress bars are fine
 
 import plotly.graph_objects as go
 import torch

@@ -28,7 +28,7 @@ EXPECTED = ["00_quickstart", "01_dataset", "06_ablations", "07_efficiency"]
 NOTEBOOKS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in EXPECTED]
 QUICKSTART = NOTEBOOK_DIR / "00_quickstart.ipynb"
 DATASETS = ["mvtec_ad", "mvtec_loco", "visa", "mpdd", "btad"]  # notebooks/datasets/<name>.md
-SMOKE_SWITCH = 'SMOKE = SMOKE or os.environ.get("ULSAD_SMOKE") == "1"'
+SMOKE_SWITCH = "SMOKE = smoke_mode(SMOKE)"  # notebooks/helpers: ULSAD_SMOKE=1 turns it on
 CELL_TIMEOUT_S = 300
 PLOTLY = "application/vnd.plotly.v1+json"
 

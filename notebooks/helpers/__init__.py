@@ -8,11 +8,21 @@ folder as the working directory, where Python looks first.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def smoke_mode(smoke: bool) -> bool:
+    """Whether a notebook runs in smoke mode: its `SMOKE` parameter, or `ULSAD_SMOKE=1` in the
+    environment (the tests run every notebook so). Also silences the one warning every notebook
+    would print: text progress bars are fine where ipywidgets is absent."""
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    return smoke or os.environ.get("ULSAD_SMOKE") == "1"
 
 
 def opening(smoke: bool) -> str:
