@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ulsad.errors import ULSADError
 from ulsad.images import Box, crop_regions, load_image, region_fractions, to_tensor, to_tiles
+from ulsad.model import top_count, top_mean
 
 __all__ = [
     "ImageInput",
@@ -213,9 +214,7 @@ def whole_image_global(
         cut = crop_regions(global_map.expand(len(boxes), -1, -1), regions)
         combined = local_weight * maps[tiles, 1] + (1 - local_weight) * cut
         maps[tiles, 0], maps[tiles, 2] = combined, cut
-        flat = combined.flatten(1)
-        top = flat.amax(1) if score_pixels <= 1 else flat.topk(score_pixels, 1).values.mean(1)
-        scores[tiles] = top
+        scores[tiles] = top_mean(combined, score_pixels)
     return scores, maps
 
 
@@ -224,13 +223,14 @@ def whole_global_settings(config: Any) -> tuple[float, int] | None:
     (local_weight, score pixels) when its global branch reads whole images and its combined
     map uses it, else None."""
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    weight = float(get("local_weight", 0.5) if get("local_weight", 0.5) is not None else 0.5)
+    weight = get("local_weight", None)
+    weight = 0.5 if weight is None else float(weight)  # as `ULSADModel.fusion_weight`
     if not (get("tile", False) and get("global_whole_image", False) and get("global_branch", True)):
         return None
     if weight >= 1.0:
         return None
-    fraction, size = float(get("image_score_fraction", 0.0)), int(get("image_size", 256))
-    return weight, max(1, round(fraction * size * size))
+    size = int(get("image_size", 256))
+    return weight, top_count(float(get("image_score_fraction", 0.0)), size * size)
 
 
 def predict_batches(
