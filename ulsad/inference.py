@@ -22,6 +22,7 @@ __all__ = [
     "ImageInput",
     "Prediction",
     "iter_predictions",
+    "model_scoring",
     "original_size_maps",
     "predict",
     "predict_batches",
@@ -254,11 +255,10 @@ def predict_batches(
     return results[0] if single else results
 
 
-def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction | list[Prediction]:
-    """Score one input or a list of inputs (see `ulsad.images.load_image` for what is accepted)."""
-    threshold = float(model.threshold)
-    threshold = None if math.isnan(threshold) else threshold
-
+def model_scoring(model: ULSADModel) -> tuple[Callable[[Tensor], AnomalyMaps], dict[str, Any]]:
+    """The batch function and the `iter_predictions` settings that score with `model` (input
+    size, tiling, and with `global_whole_image` the whole-image global map: tiles then skip the
+    global branch, whole images run it)."""
     whole_global = whole_global_settings(model.config)
 
     @torch.inference_mode()
@@ -269,13 +269,22 @@ def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction |
     def tile_forward(batch: Tensor) -> AnomalyMaps:  # the global map comes from whole images
         return model(batch.to(model.device), with_global=False)
 
+    settings = {"image_size": model.config.image_size, "tile": model.config.tile,
+                "whole_global": whole_global, "whole_forward": forward}  # fmt: skip
+    return (forward if whole_global is None else tile_forward), settings
+
+
+def predict(model: ULSADModel, inputs: Any, batch_size: int = 8) -> Prediction | list[Prediction]:
+    """Score one input or a list of inputs (see `ulsad.images.load_image` for what is accepted)."""
+    threshold = float(model.threshold)
+    threshold = None if math.isnan(threshold) else threshold
+
+    forward, settings = model_scoring(model)
     was_training = model.training
     model.eval()
     try:
         return predict_batches(
-            forward if whole_global is None else tile_forward, inputs,
-            image_size=model.config.image_size, threshold=threshold, batch_size=batch_size,
-            tile=model.config.tile, whole_global=whole_global, whole_forward=forward,
-        )  # fmt: skip
+            forward, inputs, threshold=threshold, batch_size=batch_size, **settings
+        )
     finally:
         model.train(was_training)

@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageOps
-from torch import Tensor
 
 from ulsad import ULSAD
 from ulsad.app.figures import heatmap_figure, resize_map
 from ulsad.app.inputs import load_upload
 from ulsad.errors import ULSADError
 from ulsad.files import csv_cell, write_text_atomic
-from ulsad.inference import Prediction, iter_predictions, whole_global_settings
+from ulsad.inference import Prediction, iter_predictions, model_scoring
 from ulsad.visualize import colorize, display_range, overlay
 
 
@@ -151,30 +149,18 @@ def score_batch(
         notices.extend([notice] if notice else [])
         return image
 
-    whole_global = whole_global_settings(model.config)  # as `ulsad.inference.predict` scores
-
-    @torch.inference_mode()
-    def forward(batch: Tensor):
-        return model(batch.to(model.device))
-
-    @torch.inference_mode()
-    def tile_forward(batch: Tensor):  # the global map comes from whole images
-        return model(batch.to(model.device), with_global=False)
-
+    forward, settings = model_scoring(model)  # as `ulsad.inference.predict` scores
     model.eval()
     rows: list[dict[str, Any]] = []
     heap: list[tuple[float, int, Image.Image, str]] = []  # min-heap of the worst overlays
     scored = iter_predictions(
-        forward if whole_global is None else tile_forward,
+        forward,
         images,
-        image_size=model.config.image_size,
         threshold=threshold,
         batch_size=batch_size,
         load=load,
         resize=False,  # the maps of the worst few are drawn small, below
-        tile=model.config.tile,
-        whole_global=whole_global,
-        whole_forward=forward,
+        **settings,
     )
     for (_, name), image, pred in scored:
         rows.append({"image": name, "score": pred.score, "anomalous": pred.is_anomalous})
