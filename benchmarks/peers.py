@@ -77,6 +77,7 @@ import argparse
 import gc
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -401,7 +402,10 @@ def run_category(
             model.features(model.backbone_input(x))
 
     latency_fns[BACKBONE_ROWS[0]] = cycling(ulsad_backbone, ulsad_inputs)
-    checkpoints = {ULSAD_NAME: ("ulsad", model.save_pretrained(folder / "ulsad"))}
+    saved = model.save_pretrained(folder / "ulsad")
+    if args.keep_ulsad:  # for later study (e.g. benchmarks.score_rules) without refitting
+        shutil.copytree(saved, Path(args.keep_ulsad) / f"{dataset}_{category}", dirs_exist_ok=True)
+    checkpoints = {ULSAD_NAME: ("ulsad", saved)}
 
     peer_inputs = [pipeline.resized(p)[0][None] for p in latency_images]
     for method, spec in PEERS.items():
@@ -569,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip peak memory (one child process per method)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 8 train / 8 test images, 2 ulsad epochs (development)")  # fmt: skip
+    parser.add_argument("--keep-ulsad", metavar="DIR",
+                        help="also save ulsad's fitted model of each category under DIR/"
+                        "DATASET_CATEGORY")  # fmt: skip
     parser.add_argument("--out", help="JSON report (a .md beside it); default "
                         "benchmarks/reports/peers_cpu.json, none with --quick")  # fmt: skip
     parser.add_argument("--memory-probe", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)

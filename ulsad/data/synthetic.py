@@ -52,9 +52,10 @@ def _disc(size: int, cy: float, cx: float, radius: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Periodic texture (period size/8) with jittered phase, a global colour shift and noise."""
-    yy, xx = _grid(size)
+def _background(rng: np.random.Generator, size: int, width: int | None = None) -> np.ndarray:
+    """Periodic texture (period size/8) with jittered phase and a global colour shift, ``size``
+    high and ``width`` (default: ``size``) wide."""
+    yy, xx = np.mgrid[0:size, 0 : width or size].astype(np.float64)
     period = size / 8.0
     px, py = rng.uniform(-0.3, 0.3, size=2)
     tex = np.sin(2 * np.pi * (xx / period + px)) * np.sin(2 * np.pi * (yy / period + py))
@@ -180,18 +181,26 @@ def make_synthetic_dataset(
     return out
 
 
-def _render_layout(rng: np.random.Generator, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """256 px: two discs of one colour (random per image), 160 px apart, on a noisy grey ground;
-    the RGB uint8 image and the defect mask (the right disc's place)."""
-    size, radius, gap = 256, 22, 160
-    yy, xx = _grid(size)
-    image = np.full((size, size, 3), 120.0) + rng.normal(0, 6, size=(size, size, 3))
-    mask = np.zeros((size, size), dtype=bool)
+def _render_layout(
+    rng: np.random.Generator, defect: str | None, aspect: int = 1, textured: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """256 px high, ``256 * aspect`` wide: two discs of one colour (random per image), 160 px
+    apart (half the width apart when elongated), on a noisy grey or a textured ground; the RGB
+    uint8 image and the defect mask (the right disc's place)."""
+    size, radius = 256, 22
+    width = size * aspect
+    gap = 160 if aspect == 1 else width // 2
+    yy, xx = np.mgrid[0:size, 0:width].astype(np.float64)
+    if textured:  # the periodic texture of `make_synthetic_dataset`
+        image = _background(rng, size, width) + rng.normal(0, 6, size=(size, width, 3))
+    else:
+        image = np.full((size, width, 3), 120.0) + rng.normal(0, 6, size=(size, width, 3))
+    mask = np.zeros((size, width), dtype=bool)
     hue = rng.random()
     colour = 255 * np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.9))
     other = 255 * np.array(colorsys.hsv_to_rgb((hue + 0.33 + 0.33 * rng.random()) % 1, 0.8, 0.9))
     for side in (-1, 1):
-        x = 128 + side * gap // 2 + rng.integers(-3, 4)
+        x = width // 2 + side * gap // 2 + rng.integers(-3, 4)
         disc = (yy - 128) ** 2 + (xx - x) ** 2 <= radius**2
         if side == 1 and defect is not None:
             mask |= disc
@@ -208,6 +217,8 @@ def make_layout_dataset(
     n_train: int = 40,
     n_test_good: int = 9,
     n_test_defect: int = 18,
+    aspect: int = 1,
+    textured: bool = False,
 ) -> Path:
     """Write a category of logical defects only (MVTec AD layout) and return ``root/category``.
 
@@ -215,8 +226,15 @@ def make_layout_dataset(
     apart, wider than the local branch relates. Defects, alternating: ``mismatched`` (the right
     disc in another colour) and ``missing`` (the right disc gone), masked at the right disc. Each
     image comes from its own ``(split, index)`` stream: reproducible, whatever the counts.
+    ``aspect`` (an integer) makes images that many times wider than high, the discs half the
+    width apart, so that tiling puts them in different tiles; ``textured`` sets them on the
+    periodic texture of `make_synthetic_dataset` instead of a plain grey.
     """
     _check_counts("make_layout_dataset", n_train, n_test_good, n_test_defect)
+    if not isinstance(aspect, int) or not 1 <= aspect <= 4:
+        raise ULSADError(
+            f"make_layout_dataset: aspect must be an integer from 1 to 4, got {aspect!r}"
+        )
     out = Path(root) / category
     # (folder, defect, stream, index): each image from its own (stream, index) generator.
     jobs = [("train/good", None, 0, i) for i in range(n_train)]
@@ -225,7 +243,7 @@ def make_layout_dataset(
         (f"test/{LAYOUT_DEFECTS[i % 2]}", LAYOUT_DEFECTS[i % 2], 2, i) for i in range(n_test_defect)
     ]
     for folder, defect, stream, i in jobs:
-        image, mask = _render_layout(np.random.default_rng((stream, i)), defect)
+        image, mask = _render_layout(np.random.default_rng((stream, i)), defect, aspect, textured)
         _save(image, out / folder / f"{i:03d}.png")
         if defect is not None:
             _save(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{i:03d}_mask.png")

@@ -20,7 +20,13 @@ from ulsad.selection.choice import (
     selection_record,
     trainable_state,
 )
-from ulsad.selection.defects import KINDS, LOGICAL_KINDS, STRUCTURAL_KINDS, synthetic_defects
+from ulsad.selection.defects import (
+    DIAGNOSTIC_KINDS,
+    KINDS,
+    LOGICAL_KINDS,
+    STRUCTURAL_KINDS,
+    synthetic_defects,
+)
 from ulsad.selection.scoring import (
     FAMILIES,
     FUSION_WEIGHTS,
@@ -35,6 +41,7 @@ from ulsad.selection.scoring import (
 )
 
 __all__ = [
+    "DIAGNOSTIC_KINDS",
     "FAMILIES",
     "FUSION_WEIGHTS",
     "KINDS",

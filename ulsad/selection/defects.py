@@ -22,6 +22,13 @@ Logical kinds (about the arrangement, not the texture):
   into its surrounding texture instead of leaving a hole (a missing label or part);
 - ``fill_level``: the strongest horizontal boundary (a fill level, a lid's edge) moved up or
   down, the band between its old and new place filled from the side that grows.
+- ``transplant`` (`DIAGNOSTIC_KINDS`): a region of another good image, registered to this one
+  (shifted to lie over it), blended in with feathered edges: every patch is one a good image has
+  at that place, only the combination is new (a label of the wrong fruit, a juice of the wrong
+  colour). Not in the selection's cycle: on juice_bottle the lite global map alone ranks it at
+  chance (0.52 image AUROC) and the local map at 0.94, so it cannot move the fusion weight there,
+  while on products that are not aligned it is a nearly normal region that adds noise
+  (benchmarks/reports/lite_defaults.md, fifteenth round). `benchmarks.branch_kinds` uses it.
 
 The first three cut regions on photos; the last four keep every edge plausible (the local
 branch sees little), so on a product photo they are what only the global branch can find.
@@ -45,6 +52,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 __all__ = [
+    "DIAGNOSTIC_KINDS",
     "GROUND_DISTANCE",
     "KINDS",
     "LOGICAL_KINDS",
@@ -58,6 +66,9 @@ __all__ = [
 STRUCTURAL_KINDS = ("cutpaste", "perlin", "scratch")
 LOGICAL_KINDS = ("missing", "duplicate", "moved", "swap", "recolour", "erase", "fill_level")
 KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
+DIAGNOSTIC_KINDS = ("transplant",)
+"""Logical kinds made on request only (`synthetic_defects(kinds=...)`), not in the selection's
+cycle: see `transplant` in the module docstring."""
 GROUND_DISTANCE = 30.0
 """Summed RGB difference from the background colour beyond which a pixel is not ground."""
 
@@ -420,6 +431,46 @@ def _fill_level(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) 
     return _box_mask(size, (row - shift, left, shift, right - left))
 
 
+def _feather(h: int, w: int) -> np.ndarray:
+    """(h, w) blending weights: 1 inside, falling linearly to 0 over the outer quarter of the box,
+    so a pasted region has no edge of its own."""
+    ramp_y = np.minimum(np.arange(h) + 1, np.arange(h)[::-1] + 1) / max(1.0, h / 4)
+    ramp_x = np.minimum(np.arange(w) + 1, np.arange(w)[::-1] + 1) / max(1.0, w / 4)
+    return np.clip(np.minimum(ramp_y[:, None], ramp_x[None, :]), 0, 1)[..., None]
+
+
+def _registered(other: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """`other` shifted (by whole pixels, at most an eighth of the size) to lie over `image`: the
+    shift that maximises the cross-correlation of their grey levels, computed by FFT."""
+    a, b = image.mean(axis=-1), other.mean(axis=-1)
+    correlation = np.fft.irfft2(
+        np.fft.rfft2(a - a.mean()) * np.conj(np.fft.rfft2(b - b.mean())), a.shape
+    )
+    size, reach = a.shape[0], a.shape[0] // 8
+    shifts = (np.arange(size) + size // 2) % size - size // 2  # index -> signed shift
+    allowed = np.abs(shifts) <= reach
+    correlation[~allowed, :] = -np.inf
+    correlation[:, ~allowed] = -np.inf
+    dy, dx = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+    return np.roll(other, (int(shifts[dy]), int(shifts[dx])), axis=(0, 1))
+
+
+def _transplant(image: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    other = _registered(other, image)
+    best, best_difference = None, -1.0  # where the other good image differs most
+    for _ in range(8):
+        box = top, left, h, w = _salient_box(image, rng, (0.03, 0.10))
+        difference = float(np.abs(other[top : top + h, left : left + w]
+                                  - image[top : top + h, left : left + w]).mean())  # fmt: skip
+        if difference > best_difference:
+            best, best_difference = box, difference
+    top, left, h, w = best
+    alpha = _feather(h, w)
+    region = image[top : top + h, left : left + w]
+    region[:] = alpha * other[top : top + h, left : left + w] + (1 - alpha) * region
+    return _box_mask(image.shape[0], best)
+
+
 _MAKERS = {
     "cutpaste": _cutpaste,
     "perlin": _perlin,
@@ -431,6 +482,7 @@ _MAKERS = {
     "recolour": _recolour,
     "erase": _erase,
     "fill_level": _fill_level,
+    "transplant": _transplant,
 }
 
 
@@ -444,7 +496,9 @@ def synthetic_defects(
     """
     unknown = set(kinds) - set(_MAKERS)
     if unknown or not kinds:
-        raise ValueError(f"unknown defect kinds {sorted(unknown)}; choose from {KINDS}")
+        raise ValueError(
+            f"unknown defect kinds {sorted(unknown)}; choose from {KINDS + DIAGNOSTIC_KINDS}"
+        )
     sources = images.permute(0, 2, 3, 1).numpy().astype(np.float32)
     out_images, out_masks, out_kinds = [], [], []
     for index in range(count):
@@ -453,6 +507,8 @@ def synthetic_defects(
         source = index % len(sources)
         image = sources[source].copy()
         other = sources[int(rng.integers(len(sources)))]
+        if kind in DIAGNOSTIC_KINDS and len(sources) > 1:  # another image, not this one
+            other = sources[(source + 1 + int(rng.integers(len(sources) - 1))) % len(sources)]
         mask = _MAKERS[kind](image, other, rng)
         image = np.where(mask[..., None], np.round(image), sources[source])
         out_images.append(torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1))

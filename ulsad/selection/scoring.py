@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ulsad.metrics import PixelMetrics, image_auroc
-from ulsad.selection.defects import LOGICAL_KINDS
+from ulsad.selection.defects import DIAGNOSTIC_KINDS, LOGICAL_KINDS
 
 __all__ = [
     "FAMILIES",
@@ -85,8 +85,9 @@ def defect_metrics(
 
 
 def family_of(kind: str) -> str:
-    """The family of a defect kind: "logical" (`LOGICAL_KINDS`), else "structural"."""
-    return "logical" if kind in LOGICAL_KINDS else "structural"
+    """The family of a defect kind: "logical" (`LOGICAL_KINDS`, `DIAGNOSTIC_KINDS`), else
+    "structural"."""
+    return "logical" if kind in LOGICAL_KINDS + DIAGNOSTIC_KINDS else "structural"
 
 
 def fusion_table(
