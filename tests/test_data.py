@@ -413,6 +413,31 @@ def test_layout_dataset_has_only_layout_defects(tmp_path: Path) -> None:
         make_layout_dataset(tmp_path, n_train=0)
 
 
+def test_elongated_layout_puts_the_discs_in_different_tiles_on_a_textured_ground(tmp_path):
+    """``aspect=2``: 256 x 512 images whose discs lie in different halves (so tiling separates
+    them); ``textured``: the ground is the periodic texture, one across the whole width."""
+    make_layout_dataset(
+        tmp_path, n_train=2, n_test_good=1, n_test_defect=2, aspect=2, textured=True
+    )
+    samples = load_split("mvtec_ad", tmp_path, "layout", "test")
+    for sample in samples:
+        image = np.asarray(Image.open(sample.path), dtype=float)
+        assert image.shape == (256, 512, 3)
+        colourful = image.std(axis=-1) > 30
+        assert colourful[:, :256].sum() > 1000  # the left disc, whole, in the left tile
+        ground = image.mean(axis=-1)[~colourful]
+        assert ground.std() > 10  # a texture, not the plain grey (noise std 6)
+        if sample.label == 1:
+            mask = load_mask(sample, image.shape[:2])
+            assert mask[:, :256].sum() == 0 and mask[:, 256:].sum() > 1000
+    # one texture over the whole width: the two halves' ground colours agree
+    image = np.asarray(Image.open(samples[0].path), dtype=float)
+    halves = [image[:40, :256].mean(axis=(0, 1)), image[:40, 256:].mean(axis=(0, 1))]
+    assert np.abs(halves[0] - halves[1]).max() < 4
+    with pytest.raises(ULSADError, match="aspect"):
+        make_layout_dataset(tmp_path, aspect=2.5)
+
+
 # --------------------------------------------------------------------------- real data
 
 

@@ -16,6 +16,7 @@ from ulsad.model import top_mean
 from ulsad.recipe import TrainingRecipe
 from ulsad.selection import EpochChoice, global_map_adds_nothing, pruned_after
 from ulsad.selection.defects import (
+    DIAGNOSTIC_KINDS,
     KINDS,
     LOGICAL_KINDS,
     STRUCTURAL_KINDS,
@@ -458,7 +459,7 @@ def test_global_branch_finds_logical_defects_that_the_local_branch_misses(
 
 
 # ----------------------------------------------------------------------------- logical kinds
-NEW_LOGICAL = ("swap", "recolour", "erase", "fill_level")
+NEW_LOGICAL = ("swap", "recolour", "erase", "fill_level", "transplant")
 
 
 @pytest.fixture(scope="module")
@@ -481,7 +482,7 @@ def product_photos() -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", NEW_LOGICAL)
 def test_each_new_logical_kind_is_seeded_and_masks_exactly_what_it_changed(kind, product_photos):
-    assert kind in LOGICAL_KINDS and kind not in STRUCTURAL_KINDS
+    assert kind in LOGICAL_KINDS + DIAGNOSTIC_KINDS and kind not in STRUCTURAL_KINDS
     images, masks, kinds = synthetic_defects(product_photos, 6, seed=5, kinds=(kind,))
     again, again_masks, _ = synthetic_defects(product_photos, 6, seed=5, kinds=(kind,))
     other, other_masks, _ = synthetic_defects(product_photos, 6, seed=6, kinds=(kind,))
@@ -518,6 +519,34 @@ def test_fill_level_moves_a_horizontal_boundary(product_photos):
         # a band of whole rows across the boundary's width: a rectangle
         height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
         assert int(mask.sum()) == height * width and width > height
+
+
+def test_transplant_takes_another_good_images_content_registered_to_this_one(product_photos):
+    """The region comes from another image (never the same one), shifted to lie over this one:
+    inside the feathered edge, the pixels are the other image's at the registered place."""
+    assert "transplant" in DIAGNOSTIC_KINDS and "transplant" not in KINDS
+    base = product_photos[0]
+    # the same photo, shifted, its colour channels permuted (grey levels kept: registrable)
+    offsets, orders = [(0, 0), (5, -3), (-4, 2)], [[0, 1, 2], [2, 1, 0], [1, 2, 0]]
+    photos = torch.stack([torch.roll(base[order], offset, dims=(1, 2))
+                          for offset, order in zip(offsets, orders, strict=True)])  # fmt: skip
+    images, masks, _ = synthetic_defects(photos, 6, seed=3, kinds=("transplant",))
+    again, _, _ = synthetic_defects(photos, 6, seed=3, kinds=("transplant",))
+    assert torch.equal(images, again)
+    for index, (image, mask) in enumerate(zip(images.int(), masks, strict=True)):
+        mine = index % 3
+        source = photos[mine].int()
+        assert torch.equal(image[:, ~mask], source[:, ~mask]) and mask.any()
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        h, w = int(bottom - top), int(right - left)
+        core = (slice(None), slice(top + h // 4 + 1, bottom - h // 4 - 1),
+                slice(left + w // 4 + 1, right - w // 4 - 1))  # fmt: skip
+        # another photo, brought to this one's place: its channels over this one's geometry
+        registered = [torch.roll(base[orders[j]], offsets[mine], dims=(1, 2)).int()
+                      for j in range(3) if j != mine]  # fmt: skip
+        assert any((image[core] - r[core]).abs().max() <= 1 for r in registered), index
+        assert (image[core] - source[core]).abs().max() > 20, index  # not itself
 
 
 # ----------------------------------------------------------------------------- families

@@ -108,7 +108,8 @@ class ULSADConfig:
             )
         if self.attention_loss and not self.global_branch:
             raise ULSADError(
-                "attention_loss needs global_branch=True (it trains the global branch)."
+                "attention_loss needs global_branch=True (it trains the global branch); for a "
+                "model without the global branch set attention_loss=False as well."
             )
 
     def matches(
