@@ -13,6 +13,7 @@ from ulsad import ULSAD, ULSADError
 from ulsad.data import make_layout_dataset, make_synthetic_dataset
 from ulsad.data.synthetic import LAYOUT_DEFECTS
 from ulsad.model import top_mean
+from ulsad.presets import preset
 from ulsad.recipe import TrainingRecipe
 from ulsad.selection import EpochChoice, global_map_adds_nothing, pruned_after
 from ulsad.selection.defects import (
@@ -231,6 +232,26 @@ def test_fusion_weight_follows_the_branch_that_sees_the_synthetic_defects():
     no_global = _maps(0.5, 0.0)
     no_global.good_global = no_global.defect_global = None
     assert list(fusion_table(no_global, quantiles)) == [1.0]
+
+
+def test_the_global_map_keeps_its_share_when_the_local_weight_is_capped():
+    """`max_local_weight` (lite: 0.75): the local map's best weight on synthetic defects is the
+    cap, never 1.0; a weight below the cap still wins where it is best; a table with no weight
+    under the cap (no global branch) keeps its own."""
+    quantiles = (0.9, 0.995)
+    local_table = fusion_table(_maps(local_signal=0.5, global_signal=0.0), quantiles)
+    assert best_weight(local_table) == 1.0
+    assert best_weight(local_table, most_local=0.75) == 0.75
+    global_table = fusion_table(_maps(local_signal=0.0, global_signal=0.5), quantiles)
+    assert best_weight(global_table, most_local=0.75) == 0.0
+    assert best_weight({1.0: {"score": 0.9}}, most_local=0.75) == 1.0
+    assert preset("lite").recipe.max_local_weight == 0.75
+    assert preset("paper").recipe.max_local_weight == 1.0  # the paper's fixed weight, untouched
+    choice = EpochChoice()
+    record = choice.consider(ULSAD.from_preset("lite", pretrained_backbone=False), 3,
+                             local_table, 0.75)  # fmt: skip
+    assert record["local_weight"] == 0.75 and choice.state["local_weight"] == 0.75
+    assert record["local_only_score"] == local_table[1.0]["score"]  # still compared
 
 
 def test_each_defect_kind_counts_the_same_whatever_its_number_of_regions():

@@ -320,7 +320,9 @@ def train(
             table = sets.synthetic.fusion_table(
                 model, sets.heldout, recipe.batch_size, recipe.choose_local_weight
             )
-            history[-1]["synthetic"] = choice.consider(model, epoch + 1, table)
+            history[-1]["synthetic"] = choice.consider(
+                model, epoch + 1, table, recipe.max_local_weight
+            )
             if not local_only and pruned_after(recipe, model, history) is not None:
                 log.info("global branch gets no weight at epoch %d: it stops training", epoch + 1)
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")

@@ -141,9 +141,12 @@ class EpochChoice:
     def __init__(self, state: dict | None = None) -> None:
         self.state = state
 
-    def consider(self, model: ULSADModel, epoch: int, table: dict[float, dict]) -> dict:
-        """Record `epoch`'s fusion table; keep its weights if it is (near) the best."""
-        weight = best_weight(table)
+    def consider(
+        self, model: ULSADModel, epoch: int, table: dict[float, dict], most_local: float = 1.0
+    ) -> dict:
+        """Record `epoch`'s fusion table; keep its weights if it is (near) the best. The fusion
+        weight is `best_weight`'s, at most `most_local` (`TrainingRecipe.max_local_weight`)."""
+        weight = best_weight(table, most_local=most_local)
         score = table[weight]["score"]
         top = max(score, self.state["top"]) if self.state is not None else score
         if score >= top - STOP_TOLERANCE:  # later epochs win near-ties
@@ -208,7 +211,12 @@ def selection_record(
         "local_weight": choice.state["local_weight"],
         "global_pruned_after": pruned_after(recipe, model, history),
         "fusion_table": table,
-        "rule": "minimax family regret" if families else "best score",
+        "rule": ("minimax family regret" if families else "best score")
+        + (
+            f", local weight at most {recipe.max_local_weight}"
+            if recipe.max_local_weight < 1
+            else ""
+        ),
         # per family (structural, logical), the score of each candidate weight
         "family_scores": {
             f: {str(w): row["families"][f]["score"] for w, row in table.items()} for f in families

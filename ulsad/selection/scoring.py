@@ -148,18 +148,20 @@ def family_regret(table: dict[float, dict], weight: float) -> float:
     )  # fmt: skip
 
 
-def best_weight(table: dict[float, dict], prior: float = 0.5) -> float:
+def best_weight(table: dict[float, dict], prior: float = 0.5, most_local: float = 1.0) -> float:
     """The fusion weight that no family loses much by: with two families (`fusion_table`), the
     weight of the least `family_regret` (minimax regret), ties to the higher score; with one,
     the weight of the highest score. Ties then go to the one closest to `prior` (the paper's).
+    Only weights up to `most_local` compete (all of them if none is that low).
 
     Why regret, not the mean or the minimum of the family scores: logical defects are harder,
     so the logical family's scores sit lower; the minimum would let it decide alone, the mean
     would let whichever family's scores spread more decide. Measured from each family's own
     best, the rule keeps the structural family's choice unless the logical family loses more
     by it than the structural one would lose by the alternative: neither wins alone."""
-    return max(table, key=lambda w: (-round(family_regret(table, w), 6),
-                                     round(table[w]["score"], 6), -abs(w - prior)))  # fmt: skip
+    candidates = [w for w in table if w <= most_local] or list(table)
+    return max(candidates, key=lambda w: (-round(family_regret(table, w), 6),
+                                          round(table[w]["score"], 6), -abs(w - prior)))  # fmt: skip
 
 
 def f1_threshold(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
