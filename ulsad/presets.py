@@ -101,7 +101,6 @@ PRESETS: dict[str, Preset] = {
             selection_points=3,
             choose_local_weight=True,
             prune_global=True,
-            max_local_weight=0.75,
         ),
     ),
 }

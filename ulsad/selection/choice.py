@@ -19,7 +19,7 @@ import torch
 from ulsad.feature_cache import FeatureCache, Inputs, build_cache, cache_maps
 from ulsad.model import ULSADModel
 from ulsad.recipe import TrainingRecipe
-from ulsad.selection.defects import part_scenes, synthetic_defects
+from ulsad.selection.defects import KINDS, part_scenes, synthetic_defects
 from ulsad.selection.scoring import (
     FUSION_WEIGHTS,
     SelectionMaps,
@@ -104,13 +104,17 @@ def make_defect_set(
     recipe: TrainingRecipe,
     device: torch.device,
     progress: bool,
+    kinds: tuple[str, ...] = KINDS,
 ) -> DefectSet | None:
-    """The recipe's synthetic defects on the held-out uint8 inputs, cached (with their whole
-    images, `paste_into_wholes`, when the global branch reads whole images); None without any."""
+    """The recipe's synthetic defects (cycling over `kinds`) on the held-out uint8 inputs, cached
+    (with their whole images, `paste_into_wholes`, when the global branch reads whole images);
+    None without any."""
     if not recipe.synthetic_defects:
         return None
     heldout = heldout if isinstance(heldout, Inputs) else Inputs(heldout)
-    defects, masks, kinds = synthetic_defects(heldout.tiles, recipe.synthetic_defects, recipe.seed)
+    defects, masks, kinds = synthetic_defects(
+        heldout.tiles, recipe.synthetic_defects, recipe.seed, kinds
+    )
     inputs = (
         Inputs(defects) if heldout.wholes is None else paste_into_wholes(defects, masks, heldout)
     )

@@ -25,9 +25,9 @@ Logical kinds (about the arrangement, not the texture):
 - ``transplant`` (`DIAGNOSTIC_KINDS`): a region of another good image, registered to this one
   (shifted to lie over it), blended in with feathered edges: every patch is one a good image has
   at that place, only the combination is new (a label of the wrong fruit, a juice of the wrong
-  colour). Not in the selection's cycle: on juice_bottle the lite global map alone ranks it at
-  chance (0.52 image AUROC) and the local map at 0.94, so it cannot move the fusion weight there,
-  while on products that are not aligned it is a nearly normal region that adds noise
+  colour). Not in the selection's cycle: on juice_bottle the lite global map alone ranks it
+  near chance (image AUROC 0.59) and the local map at 0.94, so it cannot move the fusion weight
+  there, while on products that are not aligned it is a nearly normal region that adds noise
   (benchmarks/reports/lite_defaults.md, fifteenth round). `benchmarks.branch_kinds` uses it.
 
 The first three cut regions on photos; the last four keep every edge plausible (the local
