@@ -43,7 +43,10 @@ from ulsad.train import training_data
 
 def checkpoint_recipe(folder: str) -> TrainingRecipe:
     """The recipe a checkpoint was trained with: training.json's, else (checkpoints written
-    before it had one) the training fields its config.json carried."""
+    before it had one) the training fields its config.json carried; a folder saved without
+    training.json (`fit` with no `out_dir`) is taken to have its preset's recipe."""
+    if not (Path(folder) / "training.json").is_file():
+        return ULSAD.from_pretrained(folder).recipe
     training = json.loads((Path(folder) / "training.json").read_text())
     if "recipe" in training:
         return TrainingRecipe.from_dict(training["recipe"])
