@@ -22,6 +22,11 @@ Logical kinds (about the arrangement, not the texture):
   into its surrounding texture instead of leaving a hole (a missing label or part);
 - ``fill_level``: the strongest horizontal boundary (a fill level, a lid's edge) moved up or
   down, the band between its old and new place filled from the side that grows.
+
+The first three cut regions on photos; the last four keep every edge plausible (the local
+branch sees little), so on a product photo they are what only the global branch can find.
+
+One more logical kind is made on request only:
 - ``transplant`` (`DIAGNOSTIC_KINDS`): a region of another good image, registered to this one
   (shifted to lie over it), blended in with feathered edges: every patch is one a good image has
   at that place, only the combination is new (a label of the wrong fruit, a juice of the wrong
@@ -29,9 +34,6 @@ Logical kinds (about the arrangement, not the texture):
   near chance (image AUROC 0.59) and the local map at 0.94, so it cannot move the fusion weight
   there, while on products that are not aligned it is a nearly normal region that adds noise
   (benchmarks/reports/lite_defaults.md, fifteenth round). `benchmarks.branch_kinds` uses it.
-
-The first three cut regions on photos; the last four keep every edge plausible (the local
-branch sees little), so on a product photo they are what only the global branch can find.
 
 In a scene of separate parts on a plain ground (`parts`), the logical kinds take whole parts:
 a part vanishes into the ground, or is copied or (one of two or more) moved onto free ground.
