@@ -290,19 +290,21 @@ def _validation_lines(training: dict[str, Any]) -> list[str]:
             for m in ("image_auroc", "pixel_auroc", "aupro", "score")
         )
         lines.append(f"| {name} | {values} |")
-    return [*lines, "", *_family_lines(chosen["fusion_table"], weight)]
+    return [*lines, "", *_family_lines(chosen["fusion_table"], weight, chosen.get("rule", ""))]
 
 
-def _family_lines(table: dict[str, Any], weight: Any) -> list[str]:
+def _family_lines(table: dict[str, Any], weight: Any, rule: str = "") -> list[str]:
     """The per-family table behind the fusion weight (`ulsad.selection.best_weight`)."""
     families = sorted(next(iter(table.values()), {}).get("families", {}))
     if len(families) < 2:
         return []
     by_weight = {float(k): row for k, row in table.items()}
+    cap = rule.partition("local weight at most ")[2]  # `TrainingRecipe.max_local_weight`
+    among = f" among the weights up to {cap} (`max_local_weight`)" if cap else ""
     lines = [
         "Per family of synthetic defects (score: the mean of image AUROC, pixel AUROC and "
-        "AUPRO). The weight chosen is the one whose worse family stays closest to its own best "
-        "(the least regret), so neither family chooses alone:",
+        f"AUPRO). The weight chosen is the one{among} whose worse family stays closest to its "
+        "own best (the least regret), so neither family chooses alone:",
         "",
         f"| local weight | {' | '.join(families)} | regret |",
         "|---|" + "---|" * (len(families) + 1),
