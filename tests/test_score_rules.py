@@ -8,8 +8,8 @@ from benchmarks.score_rules import image_rules
 
 
 def test_a_defect_goes_back_among_its_own_images_tiles():
-    """Two images of two tiles each. Each defect map replaces the tile it was made on: the
-    highest tile then carries the defect, while a stitched map dilutes it with the other tile."""
+    """Two images of two tiles each. Each defect map replaces the tile it was made on among its
+    image's tiles, and both rules score the result as worked out by hand below."""
     good = torch.zeros(4, 8, 8)
     good[1] += 0.6  # image 0's second tile is bright all over (normal for it)
     source = torch.tensor([0, 0, 1, 1])
