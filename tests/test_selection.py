@@ -356,19 +356,18 @@ def test_choices_use_training_images_only(tiny_root, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- pruning
 def test_training_with_a_capped_local_weight_records_the_cap(tiny_root, tmp_path):
-    """`max_local_weight` reaches the choice in training: the weight written to the config is at
-    most the cap (0: the global map alone, which these structural defects never pick by
-    themselves), and training.json's rule says so."""
+    """`max_local_weight` reaches the choice in training: the weight written to the config is
+    the best of the recorded table's weights up to the cap, and training.json's rule says so."""
     model = ULSAD.from_preset("lite", pretrained_backbone=False, epochs=2, batch_size=4,
-                              synthetic_defects=6, max_local_weight=0.0)  # fmt: skip
+                              synthetic_defects=6, max_local_weight=0.25)  # fmt: skip
     model.fit(tiny_root, category="tiny", out_dir=tmp_path, progress=False)
     summary = json.loads((tmp_path / "training.json").read_text())
     chosen = summary["synthetic_validation"]
-    assert chosen["local_weight"] == 0.0 == model.config.local_weight
-    assert chosen["rule"].endswith("local weight at most 0.0")
-    table = chosen["fusion_table"]
-    assert set(table) == {"0.0", "0.25", "0.5", "0.75", "1.0"}  # all still compared
-    assert max(table, key=lambda w: table[w]["score"]) != "0.0"  # so the cap decided
+    table = {float(w): row for w, row in chosen["fusion_table"].items()}
+    assert set(table) == {0.0, 0.25, 0.5, 0.75, 1.0}  # all still compared
+    assert chosen["local_weight"] == best_weight(table, most_local=0.25)
+    assert chosen["local_weight"] <= 0.25 and model.config.local_weight == chosen["local_weight"]
+    assert chosen["rule"].endswith("local weight at most 0.25")
 
 
 def test_pruning_starts_at_the_first_selection_point_that_drops_the_global_branch():
