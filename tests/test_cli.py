@@ -597,6 +597,7 @@ def test_card_shows_the_per_family_table_behind_the_fusion_weight(trained_checkp
     assert "max_local_weight" not in card
     # with a cap (`--set max_local_weight=0.75`), the card says the choice was among fewer weights
     training["synthetic_validation"]["rule"] = "minimax family regret, local weight at most 0.75"
+    training["recipe"]["max_local_weight"] = 0.75
     (folder / "training.json").write_text(json.dumps(training))
     card = write_model_card(folder).read_text()
     assert "among the weights up to 0.75 (`max_local_weight`)" in card

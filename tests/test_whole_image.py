@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ulsad import ULSAD
-from ulsad.feature_cache import load_inputs, training_inputs
+from ulsad.feature_cache import load_inputs, training_count, training_inputs
 from ulsad.images import crop_regions, region_fractions, to_tensor, to_tiles
 from ulsad.model import GlobalAE
 from ulsad.presets import preset
@@ -52,9 +52,11 @@ def test_whole_images_are_loaded_only_where_an_image_is_tiled():
     assert torch.equal(inputs.wholes[1], expected)
     train, masks = training_inputs(inputs)
     assert len(train) == 8  # six tiles (local loss), then two whole images (global losses)
+    assert training_count(inputs) == 8  # counted without building them
     assert masks.tolist() == [[True, False]] * 6 + [[False, True]] * 2
     square = [np.zeros((64, 64, 3), np.uint8)] * 2
-    assert load_inputs(square, 128, False, "", tile=True, whole=True).wholes is None
+    square_inputs = load_inputs(square, 128, False, "", tile=True, whole=True)
+    assert square_inputs.wholes is None and training_count(square_inputs) == 2
 
 
 @pytest.fixture

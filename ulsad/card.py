@@ -290,17 +290,18 @@ def _validation_lines(training: dict[str, Any]) -> list[str]:
             for m in ("image_auroc", "pixel_auroc", "aupro", "score")
         )
         lines.append(f"| {name} | {values} |")
-    return [*lines, "", *_family_lines(chosen["fusion_table"], weight, chosen.get("rule", ""))]
+    cap = float(training.get("recipe", {}).get("max_local_weight", 1.0))
+    return [*lines, "", *_family_lines(chosen["fusion_table"], weight, cap)]
 
 
-def _family_lines(table: dict[str, Any], weight: Any, rule: str = "") -> list[str]:
-    """The per-family table behind the fusion weight (`ulsad.selection.best_weight`)."""
+def _family_lines(table: dict[str, Any], weight: Any, cap: float = 1.0) -> list[str]:
+    """The per-family table behind the fusion weight (`ulsad.selection.best_weight`, among the
+    weights up to `cap`, the recipe's `max_local_weight`)."""
     families = sorted(next(iter(table.values()), {}).get("families", {}))
     if len(families) < 2:
         return []
     by_weight = {float(k): row for k, row in table.items()}
-    cap = rule.partition("local weight at most ")[2]  # `TrainingRecipe.max_local_weight`
-    among = f" among the weights up to {cap} (`max_local_weight`)" if cap else ""
+    among = f" among the weights up to {cap} (`max_local_weight`)" if cap < 1 else ""
     lines = [
         "Per family of synthetic defects (score: the mean of image AUROC, pixel AUROC and "
         f"AUPRO). The weight chosen is the one{among} whose worse family stays closest to its "

@@ -34,6 +34,7 @@ __all__ = [
     "channel_statistics",
     "load_images",
     "load_inputs",
+    "training_count",
     "training_inputs",
 ]
 
@@ -112,6 +113,20 @@ def load_inputs(
                   torch.cat([r for _, _, r in loaded]))  # fmt: skip
 
 
+def _tiled(inputs: Inputs) -> torch.Tensor:
+    """(M,) bool: whether each image of `inputs` (which has whole images) was cut into tiles."""
+    assert inputs.wholes is not None and inputs.source is not None
+    return torch.bincount(inputs.source, minlength=len(inputs.wholes)) > 1
+
+
+def training_count(inputs: Inputs) -> int:
+    """How many inputs `training_inputs` gives (what the step budget counts), without
+    building them."""
+    if inputs.wholes is None or inputs.source is None:
+        return len(inputs.tiles)
+    return len(inputs.tiles) + int(_tiled(inputs).sum())
+
+
 def training_inputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The training set of `inputs` and each input's loss masks (local, global): the tiles, which
     train the local loss (and the global ones where the tile is the whole image), then the whole
@@ -119,7 +134,7 @@ def training_inputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     tiles, no masks (every input trains every loss)."""
     if inputs.wholes is None or inputs.source is None:
         return inputs.tiles, None
-    tiled = torch.bincount(inputs.source, minlength=len(inputs.wholes)) > 1
+    tiled = _tiled(inputs)
     tile_masks = torch.stack([torch.ones_like(inputs.source, dtype=torch.bool),
                               ~tiled[inputs.source]], 1)  # fmt: skip
     whole_masks = torch.tensor([[False, True]]).expand(int(tiled.sum()), 2)

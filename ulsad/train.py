@@ -40,6 +40,7 @@ from ulsad.feature_cache import (
     build_cache,
     channel_statistics,
     load_inputs,
+    training_count,
     training_inputs,
 )
 from ulsad.files import remove_stale_temporaries, write_text_atomic
@@ -294,7 +295,7 @@ def train(
                                whole)  # fmt: skip
     val_images = load_inputs(val_items, size, progress, "loading held-out images", cfg.tile, whole)
     # steps count inputs: tiles if tiled, and the whole images the global branch reads
-    epochs = recipe.training_epochs(len(training_inputs(train_images)[0]))
+    epochs = recipe.training_epochs(training_count(train_images))
     n_tiles = len(train_images.tiles)
     key = run_key(model, recipe, epochs, train_items, val_items)
     optimizer, scheduler = make_optimizer(model, recipe, epochs)
@@ -370,17 +371,20 @@ def evaluate_loss(
     """Mean total loss over a cached set, in eval mode (the held-out loss; the local loss alone
     once the global branch is pruned, as in training)."""
     model.eval()
-    total = 0.0
     whole = None if local_only or model.global_ae is None else cache.whole
-    for index in torch.arange(len(cache.images)).split(batch_size):
-        batch = cache.batch(model, index, model.device)
-        losses = model.losses(*batch, local_only=local_only or whole is not None)
-        total += losses.total.item() * len(index)
-    mean = total / len(cache.images)
-    if whole is not None:  # tiles trained the local loss, whole images the global ones
+
+    def mean_over(inputs: FeatureCache, loss: Callable[[tuple], torch.Tensor]) -> float:
         total = 0.0
-        for index in torch.arange(len(whole.cache.images)).split(batch_size):
-            losses = model.losses(*whole.cache.batch(model, index, model.device))
-            total += (losses.attention + losses.global_local).item() * len(index)
-        mean += total / len(whole.cache.images)
+        for index in torch.arange(len(inputs.images)).split(batch_size):
+            total += loss(inputs.batch(model, index, model.device)).item() * len(index)
+        return total / len(inputs.images)
+
+    def global_losses(batch: tuple) -> torch.Tensor:
+        losses = model.losses(*batch)
+        return losses.attention + losses.global_local
+
+    local_only = local_only or whole is not None
+    mean = mean_over(cache, lambda batch: model.losses(*batch, local_only=local_only).total)
+    if whole is not None:  # tiles trained the local loss, whole images the global ones
+        mean += mean_over(whole.cache, global_losses)
     return mean
