@@ -28,7 +28,6 @@ from ulsad.selection.defects import (
     synthetic_defects,
 )
 from ulsad.selection.scoring import (
-    FAMILIES,
     FUSION_WEIGHTS,
     SelectionMaps,
     best_weight,
@@ -42,7 +41,6 @@ from ulsad.selection.scoring import (
 
 __all__ = [
     "DIAGNOSTIC_KINDS",
-    "FAMILIES",
     "FUSION_WEIGHTS",
     "KINDS",
     "LOGICAL_KINDS",

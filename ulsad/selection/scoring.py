@@ -20,7 +20,6 @@ from ulsad.metrics import PixelMetrics, image_auroc
 from ulsad.selection.defects import DIAGNOSTIC_KINDS, LOGICAL_KINDS
 
 __all__ = [
-    "FAMILIES",
     "FUSION_WEIGHTS",
     "SelectionMaps",
     "best_weight",
@@ -31,9 +30,6 @@ __all__ = [
     "fusion_table",
     "map_quantiles",
 ]
-
-FAMILIES = ("structural", "logical")
-"""The two families of synthetic defects (`ulsad.selection.defects`), scored separately."""
 
 FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Candidate weights of the local map (1: local only); coarse, so one small set cannot overfit it."""
